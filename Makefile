@@ -1,0 +1,49 @@
+# The two commands a new user needs: `make up` runs the whole system, `make test` passes the tests.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(VENV)/bin/pip
+# Test run options, e.g. `make test PYTEST_ARGS="tests/jobs -x"`.
+PYTEST_ARGS ?=
+
+.PHONY: up test lint format venv venv-dev stop clean-var
+
+$(VENV)/.installed: requirements.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PIP) install --quiet --disable-pip-version-check -r requirements.txt
+	@touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
+	@$(PIP) install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+venv: $(VENV)/.installed
+venv-dev: $(VENV)/.installed-dev
+
+## make up: embedded or configured PostgreSQL + Redis, migrate, admin user, then web, beat, worker, flower.
+up: venv
+	@eval "$$($(PY) -m scheduler_project.devservers env up)"; \
+	$(PY) manage.py migrate --no-input -v 0; \
+	$(PY) manage.py ensure_admin; \
+	exec $(VENV)/bin/honcho --no-prefix start -f Procfile -e var/env 2>/dev/null || exec $(VENV)/bin/honcho start -f Procfile
+
+## make test: lint, then the whole suite against real PostgreSQL and Redis.
+test: venv-dev
+	@eval "$$($(PY) -m scheduler_project.devservers env test)"; \
+	$(MAKE) --no-print-directory lint; \
+	SCHEDULER_ENVIRONMENT=test $(VENV)/bin/pytest $(PYTEST_ARGS)
+
+lint: venv-dev
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy .
+
+format: venv-dev
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+## make stop: stop the embedded servers `make up` started under var/.
+stop: venv
+	$(PY) -m scheduler_project.devservers stop

@@ -1,0 +1,17 @@
+"""The Celery application: the only module that touches the app object."""
+
+import os
+
+from celery import Celery
+from kombu import Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "scheduler_project.settings")
+
+app = Celery("scheduler_project")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+# Shared queues; each worker also consumes its own node queue (see nodes.heartbeat).
+app.conf.task_queues = (
+    Queue("default", queue_arguments={"x-max-priority": 10}),
+    Queue("dead_letter"),
+)
+app.autodiscover_tasks()

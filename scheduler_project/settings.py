@@ -1,0 +1,238 @@
+"""Django settings, read from the environment (django-environ).
+
+Three modes, chosen by SCHEDULER_ENVIRONMENT: ``development`` (the default; what `make up` runs),
+``test`` (what `make test` runs) and ``production`` (refuses to start with DEBUG on or a weak SECRET_KEY).
+Every project knob has the SCHEDULER_ prefix and is read here, once, with its documented default.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import environ
+from django.core.exceptions import ImproperlyConfigured
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+env = environ.Env()
+# var/env is written by `make up` (embedded servers, the dev secret key); the real environment wins.
+_VAR_ENV = BASE_DIR / "var" / "env"
+if _VAR_ENV.exists() and env.str("SCHEDULER_READ_VAR_ENV", default="1") == "1":
+    environ.Env.read_env(str(_VAR_ENV), overwrite=False)
+
+ENVIRONMENT = env.str("SCHEDULER_ENVIRONMENT", default="development")
+if ENVIRONMENT not in {"development", "test", "production"}:
+    raise ImproperlyConfigured(
+        f"SCHEDULER_ENVIRONMENT must be development, test or production, not {ENVIRONMENT!r}"
+    )
+PRODUCTION = ENVIRONMENT == "production"
+
+DEBUG = env.bool("DEBUG", default=not PRODUCTION)
+_DEV_SECRET = "django-insecure-dev-only-key-never-use-in-production-0123456789abcdef"  # noqa: S105
+SECRET_KEY = env.str("SECRET_KEY", default="" if PRODUCTION else _DEV_SECRET)
+
+if PRODUCTION:
+    if DEBUG:
+        raise ImproperlyConfigured("DEBUG must be off when SCHEDULER_ENVIRONMENT=production")
+    if len(SECRET_KEY) < 50 or SECRET_KEY.startswith("django-insecure") or len(set(SECRET_KEY)) < 5:
+        raise ImproperlyConfigured(
+            "SECRET_KEY must be set to a random value of at least 50 characters in production "
+            "(python -c 'import secrets; print(secrets.token_urlsafe(50))')"
+        )
+
+ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=[] if PRODUCTION else ["*"])
+CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "rest_framework",
+    "knox",
+    "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
+    "django_celery_beat",
+    "accounts",
+    "nodes",
+    "jobs",
+    "monitoring",
+]
+
+MIDDLEWARE = [
+    "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+]
+
+ROOT_URLCONF = "scheduler_project.urls"
+WSGI_APPLICATION = "scheduler_project.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {
+    "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/scheduler"),
+}
+DATABASES["default"]["CONN_MAX_AGE"] = env.int("SCHEDULER_DB_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
+    raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_USER_MODEL = "accounts.User"
+PASSWORD_HASHERS = [
+    "django.contrib.auth.hashers.Argon2PasswordHasher",
+    "django.contrib.auth.hashers.PBKDF2PasswordHasher",
+]
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / "var" / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
+# Without collectstatic (development and tests), serve straight from the apps' static folders.
+WHITENOISE_USE_FINDERS = not PRODUCTION
+WHITENOISE_AUTOREFRESH = not PRODUCTION
+LOGIN_URL = "/admin/login/"
+
+# --- Redis: broker, locks, cache --------------------------------------------------------------
+CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+if ENVIRONMENT == "test":
+    # Tests own one Redis database number (flushed before and after the run), never the app's.
+    from urllib.parse import urlsplit, urlunsplit
+
+    _parts = urlsplit(CELERY_BROKER_URL)
+    _test_db = env.int("SCHEDULER_TEST_REDIS_DB", default=15)
+    CELERY_BROKER_URL = urlunsplit(_parts._replace(path=f"/{_test_db}"))
+REDIS_URL = env.str("SCHEDULER_REDIS_URL", default=CELERY_BROKER_URL)
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "scheduler",
+    }
+}
+
+# --- The scheduler's own knobs (documented in README.md) -----------------------------------
+SCHEDULER_MAX_TIMEOUT_SECONDS = env.int("SCHEDULER_MAX_TIMEOUT_SECONDS", default=24 * 3600)
+SCHEDULER_DEFAULT_TIMEOUT_SECONDS = env.int("SCHEDULER_DEFAULT_TIMEOUT_SECONDS", default=3600)
+SCHEDULER_OUTPUT_LIMIT_BYTES = env.int("SCHEDULER_OUTPUT_LIMIT_BYTES", default=64 * 1024)
+SCHEDULER_HEARTBEAT_SECONDS = env.float("SCHEDULER_HEARTBEAT_SECONDS", default=5.0)
+SCHEDULER_NODE_OFFLINE_AFTER_SECONDS = env.float("SCHEDULER_NODE_OFFLINE_AFTER_SECONDS", default=30.0)
+SCHEDULER_NODE_CPU = env.float("SCHEDULER_NODE_CPU", default=None)
+SCHEDULER_NODE_MEMORY_MB = env.int("SCHEDULER_NODE_MEMORY_MB", default=None)
+SCHEDULER_NODE_LABELS = env.str("SCHEDULER_NODE_LABELS", default="")
+SCHEDULER_SWEEP_SECONDS = env.float("SCHEDULER_SWEEP_SECONDS", default=2.0)
+SCHEDULER_BEAT_LEASE_SECONDS = env.float("SCHEDULER_BEAT_LEASE_SECONDS", default=10.0)
+SCHEDULER_HTTP_ALLOWLIST = env.list("SCHEDULER_HTTP_ALLOWLIST", default=[])
+SCHEDULER_ALLOW_SHELL_JOBS = env.bool("SCHEDULER_ALLOW_SHELL_JOBS", default=True)
+SCHEDULER_FLOWER_URL = env.str("SCHEDULER_FLOWER_URL", default="http://127.0.0.1:5555/")
+
+# --- Celery (DESIGN.md "Reliability rules") ---------------------------------------------------
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_EVENT_SERIALIZER = "json"
+CELERY_TASK_ACKS_LATE = True
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_IGNORE_RESULT = True  # the Execution row is the record, never the result backend
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_TIMEZONE = "UTC"
+CELERY_ENABLE_UTC = True
+# Hard limit for any task: the longest job timeout plus room to record its result.
+CELERY_TASK_TIME_LIMIT = SCHEDULER_MAX_TIMEOUT_SECONDS + 300
+# On Redis an unacked message is redelivered after the visibility timeout: it must exceed the longest
+# hard time limit, or a long job would run twice. Lost work is recovered from the database instead.
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    "visibility_timeout": CELERY_TASK_TIME_LIMIT + 3600,
+    "queue_order_strategy": "priority",
+    "priority_steps": list(range(10)),
+    "sep": ":",
+}
+CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+
+# --- REST framework ---------------------------------------------------------------------------
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "knox.auth.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_PAGINATION_CLASS": "rest_framework.pagination.LimitOffsetPagination",
+    "PAGE_SIZE": 50,
+    "DEFAULT_FILTER_BACKENDS": [
+        "django_filters.rest_framework.DjangoFilterBackend",
+        "rest_framework.filters.OrderingFilter",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_THROTTLE_RATES": {"login": env.str("SCHEDULER_LOGIN_THROTTLE", default="5/min")},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "Job scheduler API",
+    "VERSION": "1.0.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
+}
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env.str("SCHEDULER_LOG_LEVEL", default="INFO")},
+}
+
+# --- Production hardening: `manage.py check --deploy` is clean with these ------------------
+if PRODUCTION:
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    SECURE_SSL_REDIRECT = env.bool("SCHEDULER_SECURE_SSL_REDIRECT", default=True)
+    SECURE_HSTS_SECONDS = env.int("SCHEDULER_HSTS_SECONDS", default=31536000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_REFERRER_POLICY = "same-origin"
+    X_FRAME_OPTIONS = "DENY"
+    # The health endpoints are probed over plain HTTP from inside the network.
+    SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
+    if SECURE_SSL_REDIRECT is False:
+        SILENCED_SYSTEM_CHECKS = ["security.W008"]

@@ -1,0 +1,172 @@
+"""Shared fixtures: real PostgreSQL (pytest-django's test database), real Redis, real celery processes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import pytest
+import redis
+from django.conf import settings
+from django.db import connection
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    db = settings.DATABASES["default"]
+    version = "unknown"
+    try:
+        import psycopg
+
+        with psycopg.connect(
+            host=db["HOST"], port=db["PORT"] or 5432, user=db["USER"], dbname="postgres", connect_timeout=3
+        ) as conn:
+            version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
+    except Exception as exc:  # noqa: BLE001 - only a report header
+        version = f"unreachable: {exc}"
+    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    return [
+        f"database: PostgreSQL {version} at {db['HOST']}:{db['PORT']} (tests use test_{db['NAME']})",
+        f"broker: Redis {broker.info()['redis_version']} at {settings.CELERY_BROKER_URL}",
+    ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_test_redis() -> Iterator[None]:
+    """The test Redis database number is ours alone: empty before the run and after it."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.flushdb()
+    yield
+    client.flushdb()
+
+
+@pytest.fixture
+def redis_client() -> redis.Redis:
+    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+
+
+def test_database_url() -> str:
+    """DATABASE_URL of the test database, for subprocesses (workers, beat) started by a test."""
+    base = os.environ.get("DATABASE_URL") or "postgres://postgres@127.0.0.1:5432/scheduler"
+    parts = urlsplit(base)
+    return urlunsplit(parts._replace(path=f"/{connection.settings_dict['NAME']}"))
+
+
+def subprocess_env(**extra: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DATABASE_URL=test_database_url(),
+        SCHEDULER_ENVIRONMENT="test",
+        SCHEDULER_READ_VAR_ENV="0",
+        PYTHONUNBUFFERED="1",
+    )
+    env.update(extra)
+    return env
+
+
+class Proc:
+    """A real child process (celery worker or beat) with its log file; killed on cleanup."""
+
+    def __init__(self, argv: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.argv = argv
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.popen = subprocess.Popen(
+            argv, cwd=ROOT, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def signal(self, sig: int) -> None:
+        if self.alive():
+            os.kill(self.popen.pid, sig)
+
+    def kill_group(self) -> None:
+        """SIGKILL the process and every child it forked (a pool's processes included)."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=30)
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.alive():
+            self.signal(signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.popen.wait(timeout=timeout)
+        if self.alive() or self.popen.returncode is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=30)
+        self._log.close()
+
+
+def wait_for(
+    predicate: Callable[[], object], timeout: float = 60, interval: float = 0.2, what: str = ""
+) -> object:
+    """Poll until predicate() is truthy; fail the test with `what` after a generous timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f}s waiting for {what or predicate}")
+        time.sleep(interval)
+
+
+@pytest.fixture
+def start_worker(transactional_db, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start real `celery worker` processes against the test database and test Redis."""
+    procs: list[Proc] = []
+
+    def start(name: str = "w1@testhost", concurrency: int = 2, queues: str | None = None, **env: str) -> Proc:
+        argv = [
+            sys.executable, "-m", "celery", "-A", "scheduler_project", "worker",
+            "-n", name, "-c", str(concurrency), "--loglevel", "INFO", "-E", "--without-mingle",
+            "--without-gossip",
+        ]  # fmt: skip
+        if queues:
+            argv += ["-Q", queues]
+        proc = Proc(argv, subprocess_env(**env), tmp_path / f"worker-{name.replace('@', '_')}.log")
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
+
+
+@pytest.fixture
+def start_beat(transactional_db, tmp_path: Path) -> Iterator[Callable[..., Proc]]:
+    """Start real `celery beat` processes against the test database and test Redis."""
+    procs: list[Proc] = []
+
+    def start(label: str = "beat1", scheduler: str | None = None, **env: str) -> Proc:
+        argv = [
+            sys.executable, "-m", "celery", "-A", "scheduler_project", "beat", "--loglevel", "INFO",
+            "-s", str(tmp_path / f"{label}-schedule"), "--pidfile", "",
+        ]  # fmt: skip
+        if scheduler:
+            argv += ["-S", scheduler]
+        proc = Proc(argv, subprocess_env(**env), tmp_path / f"{label}.log")
+        procs.append(proc)
+        return proc
+
+    yield start
+    for proc in procs:
+        proc.stop()
