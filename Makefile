@@ -23,15 +23,20 @@ venv: $(VENV)/.installed
 venv-dev: $(VENV)/.installed-dev
 
 ## make up: embedded or configured PostgreSQL + Redis, migrate, admin user, then web, beat, worker, flower.
+## Ctrl-C stops the four processes (honcho); embedded servers keep running for a fast restart (`make stop`).
 up: venv
-	@eval "$$($(PY) -m scheduler_project.devservers env up)"; \
+	@exports="$$($(PY) -m scheduler_project.devservers env up)"; \
+	eval "$$exports"; \
 	$(PY) manage.py migrate --no-input -v 0; \
 	$(PY) manage.py ensure_admin; \
-	exec $(VENV)/bin/honcho --no-prefix start -f Procfile -e var/env 2>/dev/null || exec $(VENV)/bin/honcho start -f Procfile
+	$(PY) -m scheduler_project.devservers banner; \
+	export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; \
+	exec $(VENV)/bin/honcho start -f Procfile -e "$$(cd "$${SCHEDULER_VAR_DIR:-var}" && pwd)/env"
 
 ## make test: lint, then the whole suite against real PostgreSQL and Redis.
 test: venv-dev
-	@eval "$$($(PY) -m scheduler_project.devservers env test)"; \
+	@exports="$$($(PY) -m scheduler_project.devservers env test)"; \
+	eval "$$exports"; \
 	$(MAKE) --no-print-directory lint; \
 	SCHEDULER_ENVIRONMENT=test $(VENV)/bin/pytest $(PYTEST_ARGS)
 
@@ -44,6 +49,6 @@ format: venv-dev
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-## make stop: stop the embedded servers `make up` started under var/.
+## make stop: stop the embedded PostgreSQL and Redis that `make up` started under var/ (data is kept).
 stop: venv
-	$(PY) -m scheduler_project.devservers stop
+	@$(PY) -m scheduler_project.devservers stop

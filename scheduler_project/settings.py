@@ -7,6 +7,7 @@ Every project knob has the SCHEDULER_ prefix and is read here, once, with its do
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import environ
@@ -16,7 +17,8 @@ BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
 # var/env is written by `make up` (embedded servers, the dev secret key); the real environment wins.
-_VAR_ENV = BASE_DIR / "var" / "env"
+SCHEDULER_VAR_DIR = BASE_DIR / env.str("SCHEDULER_VAR_DIR", default="var")
+_VAR_ENV = SCHEDULER_VAR_DIR / "env"
 if _VAR_ENV.exists() and env.str("SCHEDULER_READ_VAR_ENV", default="1") == "1":
     environ.Env.read_env(str(_VAR_ENV), overwrite=False)
 
@@ -121,7 +123,12 @@ STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / "var" / "static"
 STORAGES = {
     "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
-    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+    # The manifest exists only after collectstatic (the Docker image runs it); elsewhere serve plain names.
+    "staticfiles": {
+        "BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"
+        if PRODUCTION
+        else "django.contrib.staticfiles.storage.StaticFilesStorage"
+    },
 }
 # Without collectstatic (development and tests), serve straight from the apps' static folders.
 WHITENOISE_USE_FINDERS = not PRODUCTION
@@ -137,6 +144,11 @@ if ENVIRONMENT == "test":
     _parts = urlsplit(CELERY_BROKER_URL)
     _test_db = env.int("SCHEDULER_TEST_REDIS_DB", default=15)
     CELERY_BROKER_URL = urlunsplit(_parts._replace(path=f"/{_test_db}"))
+    # Celery reads the CELERY_BROKER_URL environment variable before this setting: make them agree,
+    # or every test run (and the workers it starts) would share the broker's own database number.
+    import os
+
+    os.environ["CELERY_BROKER_URL"] = CELERY_BROKER_URL
 REDIS_URL = env.str("SCHEDULER_REDIS_URL", default=CELERY_BROKER_URL)
 CACHES = {
     "default": {
@@ -156,8 +168,18 @@ SCHEDULER_NODE_CPU = env.float("SCHEDULER_NODE_CPU", default=None)
 SCHEDULER_NODE_MEMORY_MB = env.int("SCHEDULER_NODE_MEMORY_MB", default=None)
 SCHEDULER_NODE_LABELS = env.str("SCHEDULER_NODE_LABELS", default="")
 SCHEDULER_SWEEP_SECONDS = env.float("SCHEDULER_SWEEP_SECONDS", default=2.0)
+# Period of the broker reconciler, and how long an execution stays queued before it is checked.
+SCHEDULER_RECONCILE_SECONDS = env.float("SCHEDULER_RECONCILE_SECONDS", default=15.0)
 SCHEDULER_BEAT_LEASE_SECONDS = env.float("SCHEDULER_BEAT_LEASE_SECONDS", default=10.0)
+# Beat scheduler (jobs.beat): how often the leader looks for edited schedules, writes run bookkeeping
+# in one batch, and re-checks the whole enabled set; the margin covers commits that land after date_changed.
+SCHEDULER_BEAT_SYNC_SECONDS = env.float("SCHEDULER_BEAT_SYNC_SECONDS", default=1.0)
+SCHEDULER_BEAT_FLUSH_SECONDS = env.float("SCHEDULER_BEAT_FLUSH_SECONDS", default=2.0)
+SCHEDULER_BEAT_FULL_SYNC_SECONDS = env.float("SCHEDULER_BEAT_FULL_SYNC_SECONDS", default=300.0)
+SCHEDULER_BEAT_CHANGE_MARGIN_SECONDS = env.float("SCHEDULER_BEAT_CHANGE_MARGIN_SECONDS", default=10.0)
 SCHEDULER_HTTP_ALLOWLIST = env.list("SCHEDULER_HTTP_ALLOWLIST", default=[])
+# A slot that starts later than max(this, its interval) is a misfire: the job's misfire policy applies.
+SCHEDULER_MISFIRE_GRACE_SECONDS = env.float("SCHEDULER_MISFIRE_GRACE_SECONDS", default=60.0)
 SCHEDULER_ALLOW_SHELL_JOBS = env.bool("SCHEDULER_ALLOW_SHELL_JOBS", default=True)
 SCHEDULER_FLOWER_URL = env.str("SCHEDULER_FLOWER_URL", default="http://127.0.0.1:5555/")
 
@@ -186,7 +208,39 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "priority_steps": list(range(10)),
     "sep": ":",
 }
-CELERY_BEAT_SCHEDULER = "django_celery_beat.schedulers:DatabaseScheduler"
+CELERY_BEAT_SCHEDULER = "jobs.beat:JobScheduler"  # heap + leader lease over django-celery-beat models
+# Periodic sweeps: each app adds its own keys here.
+CELERY_BEAT_SCHEDULE: dict[str, dict] = {
+    # nodes: offline detection (nodes missing heartbeats) and the broker reconciler (nodes/tasks.py).
+    "nodes.reap_stale": {
+        "task": "nodes.reap_stale",
+        "schedule": SCHEDULER_SWEEP_SECONDS,
+        "options": {"expires": max(SCHEDULER_SWEEP_SECONDS, 1.0) * 5},
+    },
+    "nodes.reconcile_broker": {
+        "task": "nodes.reconcile_broker",
+        "schedule": SCHEDULER_RECONCILE_SECONDS,
+        "options": {"expires": max(SCHEDULER_RECONCILE_SECONDS, 1.0) * 2},
+    },
+    # jobs: due retries become new attempts; pending executions are placed as capacity frees (jobs/tasks.py).
+    "jobs.sweep_retries": {
+        "task": "jobs.sweep_retries",
+        "schedule": SCHEDULER_SWEEP_SECONDS,
+        "options": {"expires": max(SCHEDULER_SWEEP_SECONDS, 1.0) * 5},
+    },
+    "jobs.dispatch_pending": {
+        "task": "jobs.dispatch_pending",
+        "schedule": SCHEDULER_SWEEP_SECONDS,
+        "options": {"expires": max(SCHEDULER_SWEEP_SECONDS, 1.0) * 5},
+    },
+}
+# jobs.execute goes to the chosen node's queue (set when published); dead-letter notices to their own queue.
+CELERY_TASK_ROUTES = {
+    "jobs.fire": {"queue": "default"},
+    "jobs.dispatch_pending": {"queue": "default"},
+    "jobs.sweep_retries": {"queue": "default"},
+    "jobs.dead_letter": {"queue": "dead_letter"},
+}
 
 # --- REST framework ---------------------------------------------------------------------------
 REST_FRAMEWORK = {
@@ -203,6 +257,19 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {"login": env.str("SCHEDULER_LOGIN_THROTTLE", default="5/min")},
+}
+# --- Tokens and login (accounts) ------------------------------------------------------------
+SCHEDULER_TOKEN_TTL_HOURS = env.float("SCHEDULER_TOKEN_TTL_HOURS", default=10.0)
+SCHEDULER_LOGIN_MAX_FAILURES = env.int("SCHEDULER_LOGIN_MAX_FAILURES", default=5)
+SCHEDULER_LOGIN_LOCKOUT_SECONDS = env.int("SCHEDULER_LOGIN_LOCKOUT_SECONDS", default=60)
+# Proxies in front of web that append to X-Forwarded-For; 0 trusts no such header, so a client cannot
+# dodge the login throttle by sending its own.
+SCHEDULER_NUM_PROXIES = env.int("SCHEDULER_NUM_PROXIES", default=0)
+REST_FRAMEWORK["NUM_PROXIES"] = SCHEDULER_NUM_PROXIES
+REST_KNOX = {
+    "TOKEN_TTL": timedelta(hours=SCHEDULER_TOKEN_TTL_HOURS),
+    "AUTO_REFRESH": False,
+    "USER_SERIALIZER": "accounts.api.UserSerializer",
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "Job scheduler API",

@@ -1,0 +1,166 @@
+"""The `shell` executor: an argv list run with no shell, in its own process group, killed at the timeout."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import signal
+import subprocess
+import threading
+import time
+from typing import IO, Any
+
+from .base import LocalControl, Outcome, OutputTail, RunControl, clamp_progress
+
+POLL_SECONDS = 1.0  # how often cancellation is checked and the output tail stored
+KILL_GRACE_SECONDS = 3.0  # between SIGTERM and SIGKILL of the process group
+PAYLOAD_KEYS = {"command", "env", "cwd"}
+# The worker's own environment (database URL, secret key) is never passed to jobs: only these.
+INHERITED_ENV = ("PATH", "HOME", "LANG", "LC_ALL", "TZ", "TMPDIR")
+PROGRESS_LINE = re.compile(rb"^PROGRESS\s+(\d+(?:\.\d+)?)\s*$")
+
+
+def validate(payload: Any) -> dict[str, str]:
+    """Errors in a shell payload, keyed by field (empty when valid)."""
+    if not isinstance(payload, dict):
+        return {"payload": "must be an object with a 'command' list"}
+    errors: dict[str, str] = {}
+    unknown = set(payload) - PAYLOAD_KEYS
+    if unknown:
+        errors["payload"] = f"unknown keys: {', '.join(sorted(unknown))}"
+    command = payload.get("command")
+    if not isinstance(command, list) or not command:
+        errors["payload.command"] = "must be a non-empty list of strings (argv, run with no shell)"
+    elif not all(isinstance(arg, str) for arg in command) or not command[0]:
+        errors["payload.command"] = "every argument must be a string and the program must not be empty"
+    elif any("\x00" in arg for arg in command):
+        errors["payload.command"] = "arguments must not contain NUL bytes"
+    env = payload.get("env", {})
+    if not isinstance(env, dict) or not all(
+        isinstance(k, str) and k and "=" not in k and isinstance(v, str) for k, v in env.items()
+    ):
+        errors["payload.env"] = "must be an object of string names to string values"
+    cwd = payload.get("cwd")
+    if cwd is not None and (not isinstance(cwd, str) or not os.path.isabs(cwd)):
+        errors["payload.cwd"] = "must be an absolute path"
+    return errors
+
+
+def job_environment(payload_env: dict[str, str], execution_id: int | None) -> dict[str, str]:
+    env = {name: os.environ[name] for name in INHERITED_ENV if name in os.environ}
+    env.update(payload_env)
+    if execution_id is not None:
+        env["SCHEDULER_EXECUTION_ID"] = str(execution_id)
+    return env
+
+
+class _Pump(threading.Thread):
+    """Copies the child's output into the tail and notes the last PROGRESS line."""
+
+    def __init__(self, stream: IO[bytes], tail: OutputTail) -> None:
+        super().__init__(daemon=True)
+        self.stream = stream
+        self.tail = tail
+        self.progress: float | None = None
+        self._partial = b""
+
+    def run(self) -> None:
+        fd = self.stream.fileno()
+        while chunk := os.read(fd, 65536):
+            self.tail.write(chunk)
+            self._scan(chunk)
+        self.stream.close()
+
+    def _scan(self, chunk: bytes) -> None:
+        lines = (self._partial + chunk).split(b"\n")
+        self._partial = lines.pop()[-256:]  # a PROGRESS line is short; keep the partial bounded
+        for line in lines:
+            match = PROGRESS_LINE.match(line.rstrip(b"\r"))
+            if match:
+                self.progress = clamp_progress(float(match.group(1)))
+
+
+def kill_group(proc: subprocess.Popen[bytes], grace: float = KILL_GRACE_SECONDS) -> None:
+    """SIGTERM the whole process group, then SIGKILL whatever is left after `grace` seconds."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    with contextlib.suppress(subprocess.TimeoutExpired):
+        proc.wait(timeout=grace)
+    # Children may ignore SIGTERM or outlive the leader; the group dies with the job either way.
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def run(
+    payload: dict[str, Any],
+    *,
+    timeout: float,
+    control: RunControl | None = None,
+    execution_id: int | None = None,
+) -> Outcome:
+    """Run the command; return its outcome (exit code, bounded output, timed_out / cancelled)."""
+    control = control or LocalControl()
+    tail = OutputTail()
+    try:
+        proc = subprocess.Popen(
+            payload["command"],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            cwd=payload.get("cwd"),
+            env=job_environment(payload.get("env", {}), execution_id),
+            start_new_session=True,  # its own process group, so the whole tree can be killed
+            close_fds=True,
+        )
+    except OSError as exc:
+        return Outcome(status="failed", error=f"cannot start {payload['command'][0]!r}: {exc}")
+    assert proc.stdout is not None  # noqa: S101 - stdout=PIPE above
+    pump = _Pump(proc.stdout, tail)
+    pump.start()
+    stop = _supervise(proc, pump, tail, control, timeout)
+    kill_group(proc, grace=KILL_GRACE_SECONDS if stop else 0)
+    pump.join(timeout=5)
+    if pump.progress is not None:
+        control.progress_update(pump.progress)
+    outcome = Outcome(
+        status="succeeded" if proc.returncode == 0 else "failed",
+        exit_code=proc.returncode,
+        output=tail.text(),
+        output_truncated=tail.truncated,
+    )
+    if stop == "timed_out":
+        outcome.status, outcome.error = "timed_out", f"timed out after {timeout:g}s; process group killed"
+    elif stop:
+        outcome.status, outcome.error = "cancelled", f"{stop}; process group killed"
+    elif proc.returncode:
+        outcome.error = f"exited with code {proc.returncode}"
+    return outcome
+
+
+def _supervise(
+    proc: subprocess.Popen[bytes], pump: _Pump, tail: OutputTail, control: RunControl, timeout: float
+) -> str | None:
+    """Wait for the process; return "timed_out" or the control's stop reason if it must be killed."""
+    deadline = time.monotonic() + timeout
+    next_tick = time.monotonic() + POLL_SECONDS
+    stored_version, stored_progress = 0, None
+    while proc.poll() is None:
+        now = time.monotonic()
+        if now >= deadline:
+            return "timed_out"
+        if now >= next_tick:
+            next_tick = now + POLL_SECONDS
+            reason = control.stop_reason()
+            if reason:
+                return reason
+            if tail.version != stored_version:
+                stored_version = tail.version
+                control.output_update(tail.text(), tail.truncated)
+            if pump.progress is not None and pump.progress != stored_progress:
+                stored_progress = pump.progress
+                control.progress_update(pump.progress)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=min(0.2, max(deadline - now, 0.01)))
+    return None

@@ -1,0 +1,295 @@
+"""Schedules: our spec (once / interval / cron in a zone) <-> its next runs <-> django-celery-beat's models."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from celery.schedules import crontab
+from croniter import croniter
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
+
+from .models import Job, JobSchedule
+
+SCHEDULE_KEYS = {"type", "run_at", "every_seconds", "cron_expression", "timezone", "start_at", "end_at",
+                 "max_runs"}  # fmt: skip
+MAX_CRON_SCAN = 100_000  # croniter steps before a cron expression is deemed to never fire again
+DST_LOOKAHEAD = timedelta(hours=3)  # wider than any DST shift: gap-shifted times can reorder within it
+
+
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A validated schedule, as submitted (None schedule = run only when triggered)."""
+
+    type: str
+    run_at: datetime | None = None
+    every_seconds: int | None = None
+    cron_expression: str = ""
+    timezone: str = "UTC"
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    max_runs: int | None = None
+
+    def fields(self) -> dict[str, Any]:
+        """JobSchedule field values."""
+        return {name: getattr(self, name) for name in SCHEDULE_KEYS}
+
+    @classmethod
+    def from_model(cls, schedule: JobSchedule) -> ScheduleSpec:
+        return cls(**{name: getattr(schedule, name) for name in SCHEDULE_KEYS})
+
+
+# --- validation -------------------------------------------------------------------------------
+
+
+def _datetime(value: Any, tz: ZoneInfo) -> datetime:
+    """An aware datetime from a datetime or ISO-8601 string; naive values are in the schedule's zone."""
+    parsed = (
+        value if isinstance(value, datetime) else parse_datetime(value) if isinstance(value, str) else None
+    )
+    if parsed is None:
+        raise ValueError("must be an ISO-8601 date and time")
+    return parsed.replace(tzinfo=tz) if timezone.is_naive(parsed) else parsed
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ValueError("must be a positive whole number")
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be a positive whole number")
+    return number
+
+
+def cron_error(expression: str) -> str | None:
+    """Why a cron expression is refused (5 fields, valid for croniter and celery), or None."""
+    fields = expression.split()
+    if len(fields) != 5:
+        return f"must have 5 fields (minute hour day-of-month month day-of-week), got {len(fields)}"
+    if not croniter.is_valid(expression):
+        return f"{expression!r} is not a valid cron expression"
+    minute, hour, dom, month, dow = fields
+    try:
+        crontab(minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow)
+    except (ValueError, IndexError) as exc:
+        return f"{expression!r} is not accepted by celery beat: {exc}"
+    return None
+
+
+def schedule_spec_parse(
+    data: Mapping[str, Any] | None, *, now: datetime | None = None
+) -> ScheduleSpec | None:
+    """Validate schedule input; raise ValueError-free: returns the spec or raises ScheduleInvalid."""
+    if data is None or data == {} or (isinstance(data, Mapping) and data.get("type") in (None, "", "none")):
+        return None
+    if not isinstance(data, Mapping):
+        raise ScheduleInvalid({"schedule": "must be an object with a 'type'"})
+    now = now or timezone.now()
+    errors: dict[str, str] = {}
+    unknown = set(data) - SCHEDULE_KEYS
+    if unknown:
+        errors["schedule"] = f"unknown keys: {', '.join(sorted(unknown))}"
+    kind = data.get("type")
+    if kind not in JobSchedule.Type.values:
+        errors["schedule.type"] = f"must be one of none, {', '.join(JobSchedule.Type.values)}"
+    tz_name = data.get("timezone") or "UTC"
+    try:
+        tz = ZoneInfo(str(tz_name))
+    except (ZoneInfoNotFoundError, ValueError):
+        errors["schedule.timezone"] = f"{tz_name!r} is not an IANA time zone"
+        tz = ZoneInfo("UTC")
+    values: dict[str, Any] = {"type": kind, "timezone": str(tz_name)}
+    for name in ("run_at", "start_at", "end_at"):
+        if data.get(name) not in (None, ""):
+            try:
+                values[name] = _datetime(data[name], tz)
+            except ValueError as exc:
+                errors[f"schedule.{name}"] = str(exc)
+    for name in ("every_seconds", "max_runs"):
+        if data.get(name) not in (None, ""):
+            try:
+                values[name] = _positive_int(data[name])
+            except ValueError as exc:
+                errors[f"schedule.{name}"] = str(exc)
+    if kind == JobSchedule.Type.ONCE:
+        if "run_at" not in values and "schedule.run_at" not in errors:
+            errors["schedule.run_at"] = "is required for a once schedule"
+        elif "run_at" in values and values["run_at"] <= now:
+            errors["schedule.run_at"] = "is in the past"
+    elif kind == JobSchedule.Type.INTERVAL:
+        if "every_seconds" not in values and "schedule.every_seconds" not in errors:
+            errors["schedule.every_seconds"] = "is required for an interval schedule (a positive number)"
+    elif kind == JobSchedule.Type.CRON:
+        expression = " ".join(str(data.get("cron_expression") or "").split())
+        error = cron_error(expression) if expression else "is required for a cron schedule"
+        if error:
+            errors["schedule.cron_expression"] = error
+        values["cron_expression"] = expression
+    start, end = values.get("start_at"), values.get("end_at")
+    if end is not None and start is not None and end <= start:
+        errors["schedule.end_at"] = "must be after start_at"
+    elif end is not None and end <= now:
+        errors["schedule.end_at"] = "is in the past"
+    if errors:
+        raise ScheduleInvalid(errors)
+    return ScheduleSpec(**values)
+
+
+class ScheduleInvalid(Exception):
+    """Schedule input errors, keyed by field."""
+
+    def __init__(self, errors: dict[str, str]) -> None:
+        super().__init__(errors)
+        self.errors = errors
+
+
+# --- next runs --------------------------------------------------------------------------------
+
+
+def _localize(naive: datetime, tz: ZoneInfo) -> datetime:
+    # fold=0: an ambiguous wall time (DST ends) is its first occurrence; a wall time that does not
+    # exist (DST starts) maps to the same instant shifted forward by the gap (02:30 -> 03:30 CEST).
+    return naive.replace(tzinfo=tz, fold=0).astimezone(UTC)
+
+
+def cron_next(expression: str, tz_name: str, after: datetime) -> datetime | None:
+    """The first instant strictly after `after` whose wall time in the zone matches the expression."""
+    tz = ZoneInfo(tz_name)
+    start = after.astimezone(tz).replace(tzinfo=None) - DST_LOOKAHEAD
+    it = croniter(expression, start)
+    best: datetime | None = None
+    horizon: datetime | None = None
+    for _ in range(MAX_CRON_SCAN):
+        naive = it.get_next(datetime)
+        if horizon is not None and naive > horizon:
+            break
+        candidate = _localize(naive, tz)
+        if candidate > after and (best is None or candidate < best):
+            best = candidate
+            horizon = horizon or naive + DST_LOOKAHEAD
+    return best
+
+
+def cron_previous(expression: str, tz_name: str, at: datetime) -> datetime | None:
+    """The latest instant at or before `at` whose wall time matches (the slot a late firing serves)."""
+    tz = ZoneInfo(tz_name)
+    it = croniter(expression, at.astimezone(tz).replace(tzinfo=None) + DST_LOOKAHEAD)
+    best: datetime | None = None
+    horizon: datetime | None = None
+    for _ in range(MAX_CRON_SCAN):
+        naive = it.get_prev(datetime)
+        if horizon is not None and naive < horizon:
+            break
+        candidate = _localize(naive, tz)
+        if candidate <= at and (best is None or candidate > best):
+            best = candidate
+            horizon = horizon or naive - DST_LOOKAHEAD
+    return best
+
+
+def interval_anchor(schedule: JobSchedule | ScheduleSpec, created_at: datetime) -> datetime:
+    """Interval slots are start_at + k*every (or the job's creation second when there is no start)."""
+    return schedule.start_at or created_at.replace(microsecond=0)
+
+
+def spec_next_run(spec: ScheduleSpec, *, after: datetime, anchor: datetime) -> datetime | None:
+    """The first slot strictly after `after`, ignoring max_runs (applied by the caller)."""
+    nxt: datetime | None
+    if spec.type == JobSchedule.Type.ONCE:
+        nxt = spec.run_at if spec.run_at and spec.run_at > after else None
+    elif spec.type == JobSchedule.Type.INTERVAL:
+        every = timedelta(seconds=spec.every_seconds or 1)
+        if after < anchor:
+            nxt = anchor
+        else:
+            nxt = anchor + every * ((after - anchor) // every + 1)
+    else:
+        floor = max(after, spec.start_at - timedelta(microseconds=1)) if spec.start_at else after
+        nxt = cron_next(spec.cron_expression, spec.timezone, floor)
+    if nxt is not None and spec.start_at and nxt < spec.start_at:
+        nxt = None
+    if nxt is not None and spec.end_at and nxt > spec.end_at:
+        return None
+    return nxt
+
+
+def schedule_next_run(schedule: JobSchedule, *, after: datetime) -> datetime | None:
+    """The job's next slot after `after`, or None when its schedule is exhausted."""
+    if schedule.max_runs is not None and schedule.total_runs >= schedule.max_runs:
+        return None
+    anchor = interval_anchor(schedule, schedule.job.created_at)
+    return spec_next_run(ScheduleSpec.from_model(schedule), after=after, anchor=anchor)
+
+
+def schedule_slot_at(schedule: JobSchedule, *, at: datetime) -> datetime:
+    """The slot a firing at `at` serves when beat did not say (the stock scheduler): the latest due one."""
+    if schedule.type == JobSchedule.Type.ONCE and schedule.run_at:
+        return schedule.run_at
+    if schedule.type == JobSchedule.Type.INTERVAL and schedule.every_seconds:
+        anchor = interval_anchor(schedule, schedule.job.created_at)
+        every = timedelta(seconds=schedule.every_seconds)
+        # Beat may fire a hair early or late; round to the nearest slot within a quarter interval.
+        return anchor + every * max(0, round((at - anchor) / every - 0.25))
+    if schedule.type == JobSchedule.Type.CRON:
+        previous = cron_previous(schedule.cron_expression, schedule.timezone, at + timedelta(seconds=1))
+        if previous is not None:
+            return previous
+    return at.replace(microsecond=0)
+
+
+# --- django-celery-beat -----------------------------------------------------------------------
+
+
+def _beat_schedule_fields(schedule: JobSchedule) -> dict[str, Any]:
+    fields: dict[str, Any] = {"interval": None, "crontab": None, "clocked": None, "one_off": False}
+    if schedule.type == JobSchedule.Type.ONCE:
+        fields["clocked"], _ = ClockedSchedule.objects.get_or_create(clocked_time=schedule.run_at)
+        fields["one_off"] = True
+    elif schedule.type == JobSchedule.Type.INTERVAL:
+        fields["interval"], _ = IntervalSchedule.objects.get_or_create(
+            every=schedule.every_seconds, period=IntervalSchedule.SECONDS
+        )
+    else:
+        minute, hour, dom, month, dow = schedule.cron_expression.split()
+        fields["crontab"], _ = CrontabSchedule.objects.get_or_create(
+            minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow,
+            timezone=ZoneInfo(schedule.timezone),
+        )  # fmt: skip
+    return fields
+
+
+def periodic_task_sync(*, job: Job) -> PeriodicTask | None:
+    """Make the job's PeriodicTask match its schedule and status (create, update or disable it)."""
+    schedule: JobSchedule | None = JobSchedule.objects.filter(job=job).select_related("periodic_task").first()
+    name = f"job:{job.pk}"
+    if schedule is None:
+        # No schedule (run only when triggered): no periodic task either.
+        PeriodicTask.objects.filter(name=name).delete()
+        return None
+    task = schedule.periodic_task or PeriodicTask.objects.filter(name=name).first() or PeriodicTask(name=name)
+    for field, value in _beat_schedule_fields(schedule).items():
+        setattr(task, field, value)
+    task.task = "jobs.fire"
+    task.kwargs = json.dumps({"job_id": job.pk})
+    task.start_time = schedule.start_at
+    task.expires = schedule.end_at
+    task.description = f"{job.name} ({schedule})"[:2000]
+    task.enabled = job.status == Job.Status.ACTIVE and schedule.next_run_at is not None
+    task.save()  # save() (not update()) bumps date_changed and PeriodicTasks: beat reloads just this one
+    if schedule.periodic_task_id != task.pk:
+        schedule.periodic_task = task
+        schedule.save(update_fields=["periodic_task"])
+    return task
+
+
+def periodic_task_disable(*, job: Job) -> None:
+    """Disable the job's PeriodicTask (pause, completion, archive)."""
+    for task in PeriodicTask.objects.filter(name=f"job:{job.pk}", enabled=True):
+        task.enabled = False
+        task.save()

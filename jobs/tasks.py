@@ -1,0 +1,50 @@
+"""Celery tasks of the jobs app: thin, take ids and JSON, call one service."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import shared_task
+from django.utils.dateparse import parse_datetime
+
+from . import dispatch, runner, services
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(name="jobs.fire", ignore_result=True)
+def fire(job_id: int, scheduled_for: str | None = None) -> None:
+    """Fire one slot of a job (sent by beat)."""
+    slot = parse_datetime(scheduled_for) if scheduled_for else None
+    if scheduled_for and slot is None:
+        logger.error(
+            "jobs.fire: scheduled_for %r is not an ISO-8601 time; job %s not fired", scheduled_for, job_id
+        )
+        return
+    dispatch.fire(job_id=job_id, scheduled_for=slot)
+
+
+@shared_task(name="jobs.execute", ignore_result=True, acks_late=True, reject_on_worker_lost=True)
+def execute(execution_id: int) -> None:
+    """Run one execution on this worker (published to its node's queue)."""
+    runner.execution_run(execution_id=execution_id)
+
+
+@shared_task(name="jobs.dispatch_pending", ignore_result=True)
+def dispatch_pending() -> None:
+    """Place pending executions on nodes with room."""
+    dispatch.pending_dispatch()
+
+
+@shared_task(name="jobs.sweep_retries", ignore_result=True)
+def sweep_retries() -> None:
+    """Start due retries; mark lost the runs far past their timeout."""
+    services.retries_sweep()
+    services.executions_overdue_sweep()
+
+
+@shared_task(name="jobs.dead_letter", ignore_result=True)
+def dead_letter(**notice: Any) -> None:
+    """A dead-letter notice (published on the dead_letter queue for whoever watches it)."""
+    logger.warning("dead letter: %s", notice)

@@ -1,0 +1,66 @@
+"""Two real beats (jobs.beat:JobScheduler) and a real worker through jobs.fire: one execution per slot."""
+
+from __future__ import annotations
+
+import signal
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from jobs.beat import leader_status
+from jobs.beat.lease import LEASE_KEY
+from jobs.models import Execution
+from jobs.services import job_create
+from nodes.models import Node
+from tests.conftest import wait_for
+from tests.factories import UserFactory
+
+pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+
+FAST = {
+    "SCHEDULER_SWEEP_SECONDS": "0.5",
+    "SCHEDULER_HEARTBEAT_SECONDS": "1",
+    "SCHEDULER_NODE_CPU": "4",
+    "SCHEDULER_NODE_MEMORY_MB": "4096",
+}
+BEAT = {**FAST, "SCHEDULER_BEAT_LEASE_SECONDS": "3", "SCHEDULER_BEAT_FLUSH_SECONDS": "1"}
+
+
+def test_two_beats_give_one_execution_per_slot_and_hand_over(start_worker, start_beat, redis_client) -> None:
+    redis_client.delete(LEASE_KEY)
+    worker = start_worker(name="bw1@testhost", concurrency=2, queues="default", **FAST)
+    wait_for(
+        lambda: Node.objects.filter(name="bw1@testhost", status=Node.Status.ONLINE).exists(),
+        timeout=90,
+        what=f"the worker's node; log:\n{worker.log()[-2000:]}",
+    )
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    job = job_create(
+        owner=UserFactory(),
+        name="beat-tick",
+        kind="python",
+        payload={"handler": "echo", "kwargs": {"message": "tick"}},
+        schedule={"type": "interval", "every_seconds": 1, "start_at": start.isoformat()},
+    )
+    beats = {}
+    for label in ("beat1", "beat2"):
+        beat = start_beat(label, scheduler="jobs.beat:JobScheduler", **BEAT)
+        beats[beat.pid] = beat
+    done = Execution.objects.filter(job=job, status=Execution.Status.SUCCEEDED)
+    logs = lambda: "\n".join(b.log()[-1500:] for b in beats.values())  # noqa: E731
+    wait_for(lambda: done.count() >= 10, timeout=120, what=f"10 runs; logs:\n{logs()}")
+
+    holder = leader_status(client=redis_client)["leader"]
+    leader = int(holder.split(":")[-2])
+    beats[leader].signal(signal.SIGKILL)
+    killed_at = datetime.now(UTC)
+    after_kill = done.filter(scheduled_for__gt=killed_at)
+    wait_for(lambda: after_kill.count() >= 5, timeout=120, what=f"runs after the handover; logs:\n{logs()}")
+    assert (leader_status(client=redis_client)["leader"] or "").split(":")[-2] != str(leader)
+
+    executions = list(Execution.objects.filter(job=job).values_list("scheduled_for", "attempt", "status"))
+    slots = [slot for slot, _, _ in executions]
+    assert len(slots) == len(set(slots)), "one execution per slot"
+    assert {attempt for _, attempt, _ in executions} == {1}
+    assert all((slot - start) % timedelta(seconds=1) == timedelta(0) for slot in slots)
+    assert Execution.Status.FAILED not in {status for _, _, status in executions}

@@ -1,0 +1,213 @@
+"""`make up` for real: embedded PostgreSQL and Redis, migrate, admin, then web, beat, worker and Flower.
+
+Runs the real Makefile target in a throwaway var dir on free ports (with .venv already present), checks
+every process answers, stops it with a signal the way Ctrl-C does, then runs it again on the same data.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import psutil
+import pytest
+import requests
+
+from tests.conftest import ROOT, wait_for
+
+pytestmark = pytest.mark.integration
+
+# Variables of the test run that must not leak into `make up` (it would run in test mode on the test DB).
+_DROP = (
+    "DATABASE_URL",
+    "CELERY_BROKER_URL",
+    "SCHEDULER_ENVIRONMENT",
+    "SCHEDULER_TEST_REDIS_DB",
+    "SECRET_KEY",
+    "FLOWER_BASIC_AUTH",
+    "SCHEDULER_READ_VAR_ENV",
+    "DJANGO_SETTINGS_MODULE",
+    "MAKEFLAGS",
+    "MFLAGS",
+    "MAKELEVEL",
+)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class Up:
+    var: Path
+    ports: dict[str, int]
+    runs: list[tuple[subprocess.Popen, Path]] = field(default_factory=list)
+
+    def env(self) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items() if k not in _DROP and not k.startswith("PYTEST_")}
+        env.update(
+            SCHEDULER_VAR_DIR=str(self.var),
+            SCHEDULER_EMBEDDED_PG_PORT=str(self.ports["pg"]),
+            SCHEDULER_EMBEDDED_REDIS_PORT=str(self.ports["redis"]),
+            SCHEDULER_WEB_PORT=str(self.ports["web"]),
+            SCHEDULER_FLOWER_PORT=str(self.ports["flower"]),
+            PYTHONUNBUFFERED="1",
+        )
+        return env
+
+    def start(self) -> subprocess.Popen:
+        log = self.var.parent / f"make-up-{len(self.runs) + 1}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(
+                ["make", "--no-print-directory", "up"],
+                cwd=ROOT,
+                env=self.env(),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.runs.append((proc, log))
+        return proc
+
+    def log(self) -> str:
+        return self.runs[-1][1].read_text(errors="replace")
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.ports['web']}{path}"
+
+    def var_env(self) -> dict[str, str]:
+        lines = (self.var / "env").read_text().splitlines()
+        return dict(line.split("=", 1) for line in lines if "=" in line and not line.startswith("#"))
+
+    def stop_servers(self) -> None:
+        subprocess.run(
+            [str(ROOT / ".venv/bin/python"), "-m", "scheduler_project.devservers", "stop"],
+            cwd=ROOT,
+            env=self.env(),
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+
+
+@pytest.fixture
+def up() -> Iterator[Up]:
+    # Directly under /tmp: the embedded PostgreSQL runs as another user and must traverse every parent.
+    var = Path(tempfile.mkdtemp(prefix="sched-up-")) / "var"
+    ports = {"pg": free_port(), "redis": free_port(), "web": free_port(), "flower": free_port()}
+    state = Up(var=var, ports=ports)
+    yield state
+    for proc, _ in state.runs:
+        if proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    state.stop_servers()
+    shutil.rmtree(var.parent, ignore_errors=True)
+
+
+def get(url: str, **kwargs) -> requests.Response | None:
+    try:
+        return requests.get(url, timeout=5, **kwargs)
+    except requests.RequestException:
+        return None
+
+
+def status(url: str, **kwargs) -> int | None:
+    response = get(url, **kwargs)
+    return response.status_code if response is not None else None
+
+
+def healthy(up: Up) -> bool:
+    response = get(up.url("/healthz"))
+    if response is None or response.status_code != 200:
+        return False
+    checks = response.json()["checks"]
+    return checks["database"]["ok"] and checks["broker"]["ok"]
+
+
+def worker_answers_ping(up: Up) -> bool:
+    env = {**up.env(), **up.var_env()}
+    result = subprocess.run(
+        [str(ROOT / ".venv/bin/celery"), "-A", "scheduler_project", "inspect", "ping", "--timeout", "3",
+         "-d", f"worker1@{socket.gethostname()}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    return result.returncode == 0 and "pong" in result.stdout
+
+
+def process_tree(proc: subprocess.Popen) -> list[psutil.Process]:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+    return []
+
+
+def alive(process: psutil.Process) -> bool:
+    with contextlib.suppress(psutil.NoSuchProcess):
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    return False
+
+
+def test_make_up_runs_everything_stops_cleanly_and_reuses_its_data(up):
+    make = up.start()
+    wait_for(
+        lambda: status(up.url("/admin/login/")) == 200 or make.poll() is not None, 150, what="admin page"
+    )
+    assert make.poll() is None, up.log()
+    wait_for(lambda: healthy(up), 60, what="/healthz with database and broker ok")
+    assert "embedded server under" in up.log()
+
+    admin_user, admin_password = (up.var / "admin-password").read_text().split()
+    assert f"with password: {admin_password}" in up.log()  # printed once, on creation
+    flower_password = (up.var / "flower-password").read_text().strip()
+    assert flower_password in up.log()
+
+    wait_for(lambda: worker_answers_ping(up), 90, what="celery inspect ping answered by worker1")
+    tree = process_tree(make)
+    beat = [p for p in tree if alive(p) and " beat" in " ".join(p.cmdline())]
+    assert beat, [p.cmdline() for p in tree]
+    wait_for(lambda: "beat: Starting..." in up.log(), 60, what="beat logging")
+
+    flower = f"http://127.0.0.1:{up.ports['flower']}/"
+    wait_for(lambda: status(flower) == 401, 60, what="Flower refusing a request without credentials")
+    assert status(flower, auth=("admin", flower_password)) == 200
+    assert status(flower, auth=("admin", "wrong")) == 401
+
+    # Ctrl-C: the terminal signals the whole foreground group; honcho stops every process.
+    os.killpg(make.pid, signal.SIGINT)
+    make.wait(timeout=60)
+    wait_for(lambda: not any(alive(p) for p in tree), 30, what="every process of make up to exit")
+    assert status(up.url("/healthz")) is None
+    # The embedded servers are daemons that outlive Ctrl-C (documented; `make stop` stops them).
+    socket.create_connection(("127.0.0.1", up.ports["pg"]), timeout=5).close()
+
+    # Again, on the same data: no new admin, the old password still logs in.
+    make = up.start()
+    wait_for(lambda: healthy(up) or make.poll() is not None, 150, what="second make up")
+    assert make.poll() is None, up.log()
+    assert "An admin user exists" in up.log()
+    assert admin_password not in up.log()
+    login = requests.post(
+        up.url("/api/v1/auth/login/"), json={"username": admin_user, "password": admin_password}, timeout=10
+    )
+    assert login.status_code == 200, login.text
+    assert "admin" in login.json()["user"]["roles"]
+    tree = process_tree(make)
+    os.killpg(make.pid, signal.SIGTERM)
+    make.wait(timeout=60)
+    wait_for(lambda: not any(alive(p) for p in tree), 30, what="every process of the second make up to exit")
+
+    up.stop_servers()
+    assert status(up.url("/healthz")) is None
+    with pytest.raises(ConnectionRefusedError):
+        socket.create_connection(("127.0.0.1", up.ports["redis"]), timeout=2)
