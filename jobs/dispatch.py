@@ -119,8 +119,9 @@ def misfire_grace(schedule: JobSchedule | None) -> timedelta:
     return timedelta(seconds=grace)
 
 
-def _misfire_reason(job: Job, schedule: JobSchedule | None, slot: datetime, now: datetime) -> str:
+def _misfire_reason(job: Job, schedule: JobSchedule | None, execution: Execution, now: datetime) -> str:
     grace = misfire_grace(schedule)
+    slot = execution.scheduled_for
     late = now - slot
     if late <= grace:
         return ""
@@ -130,6 +131,7 @@ def _misfire_reason(job: Job, schedule: JobSchedule | None, slot: datetime, now:
     caught_up = (
         Execution.objects.filter(job=job, trigger=Execution.Trigger.SCHEDULE, created_at__gt=slot + grace)
         .exclude(status=Execution.Status.SKIPPED)
+        .exclude(pk=execution.pk)
         .exists()
     )
     newer = Execution.objects.filter(job=job, trigger=Execution.Trigger.SCHEDULE, scheduled_for__gt=slot)
@@ -178,7 +180,7 @@ def execution_start(
     if execution is None:
         logger.info("job %s slot %s already has an execution: duplicate fire ignored", job.pk, slot)
         return None
-    reason = _misfire_reason(job, schedule, slot, now) if trigger == Execution.Trigger.SCHEDULE else ""
+    reason = _misfire_reason(job, schedule, execution, now) if trigger == Execution.Trigger.SCHEDULE else ""
     reason = reason or _concurrency_reason(job, execution)
     if reason:
         Execution.objects.filter(pk=execution.pk).update(

@@ -1,4 +1,4 @@
-"""Schedules: our spec (once / interval / cron in a zone) <-> its next runs <-> django-celery-beat's models."""
+"""Schedules: our spec (once, interval, cron in a zone), its next runs, and django-celery-beat models."""
 
 from __future__ import annotations
 
@@ -17,8 +17,16 @@ from django_celery_beat.models import ClockedSchedule, CrontabSchedule, Interval
 
 from .models import Job, JobSchedule
 
-SCHEDULE_KEYS = {"type", "run_at", "every_seconds", "cron_expression", "timezone", "start_at", "end_at",
-                 "max_runs"}  # fmt: skip
+SCHEDULE_KEYS = {
+    "type",
+    "run_at",
+    "every_seconds",
+    "cron_expression",
+    "timezone",
+    "start_at",
+    "end_at",
+    "max_runs",
+}
 MAX_CRON_SCAN = 100_000  # croniter steps before a cron expression is deemed to never fire again
 DST_LOOKAHEAD = timedelta(hours=3)  # wider than any DST shift: gap-shifted times can reorder within it
 
@@ -205,10 +213,7 @@ def spec_next_run(spec: ScheduleSpec, *, after: datetime, anchor: datetime) -> d
         nxt = spec.run_at if spec.run_at and spec.run_at > after else None
     elif spec.type == JobSchedule.Type.INTERVAL:
         every = timedelta(seconds=spec.every_seconds or 1)
-        if after < anchor:
-            nxt = anchor
-        else:
-            nxt = anchor + every * ((after - anchor) // every + 1)
+        nxt = anchor if after < anchor else anchor + every * ((after - anchor) // every + 1)
     else:
         floor = max(after, spec.start_at - timedelta(microseconds=1)) if spec.start_at else after
         nxt = cron_next(spec.cron_expression, spec.timezone, floor)
@@ -258,9 +263,13 @@ def _beat_schedule_fields(schedule: JobSchedule) -> dict[str, Any]:
     else:
         minute, hour, dom, month, dow = schedule.cron_expression.split()
         fields["crontab"], _ = CrontabSchedule.objects.get_or_create(
-            minute=minute, hour=hour, day_of_month=dom, month_of_year=month, day_of_week=dow,
+            minute=minute,
+            hour=hour,
+            day_of_month=dom,
+            month_of_year=month,
+            day_of_week=dow,
             timezone=ZoneInfo(schedule.timezone),
-        )  # fmt: skip
+        )
     return fields
 
 

@@ -1,5 +1,12 @@
 """API routes of this app, mounted under /api/v1/ by scheduler_project.urls."""
 
-from django.urls import path  # noqa: F401 - routes are added as the app's API grows
+from rest_framework.routers import SimpleRouter
 
-urlpatterns: list = []
+from jobs.api.views import DeadLetterViewSet, ExecutionViewSet, JobViewSet
+
+router = SimpleRouter()
+router.register("jobs", JobViewSet, basename="job")
+router.register("executions", ExecutionViewSet, basename="execution")
+router.register("dead-letters", DeadLetterViewSet, basename="dead-letter")
+
+urlpatterns = router.urls

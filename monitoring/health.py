@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterable
 
+import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
 from kombu import Connection
@@ -21,8 +22,12 @@ def check_broker() -> None:
         conn.ensure_connection(max_retries=1, timeout=2)
 
 
+class CheckFailed(Exception):
+    """A dependency answered, but not as a ready system should."""
+
+
 CHECKS: dict[str, Callable[[], None]] = {"database": check_database, "broker": check_broker}
-_EXPECTED = (DatabaseError, KombuOperationalError, OSError, TimeoutError)
+_EXPECTED = (DatabaseError, KombuOperationalError, OSError, TimeoutError, CheckFailed, redis.RedisError)
 
 
 def run_checks(names: Iterable[str]) -> dict[str, dict[str, object]]:
@@ -38,3 +43,30 @@ def run_checks(names: Iterable[str]) -> dict[str, dict[str, object]]:
             results[name] = {"ok": True}
         results[name]["ms"] = round((time.monotonic() - start) * 1000, 1)
     return results
+
+
+def check_workers() -> None:
+    """At least one node is online and heartbeated within the offline threshold."""
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    from nodes.models import Node
+
+    fresh = timezone.now() - timedelta(seconds=float(settings.SCHEDULER_NODE_OFFLINE_AFTER_SECONDS))
+    if not Node.objects.filter(status=Node.Status.ONLINE, last_heartbeat_at__gte=fresh).exists():
+        raise CheckFailed("no online worker node has heartbeated recently")
+
+
+def check_beat() -> None:
+    """A beat leader renewed its lease recently."""
+    from jobs.beat import leader_status
+
+    status = leader_status()
+    if not status.get("healthy"):
+        age = status.get("age_seconds")
+        seen = f"last seen {age:.0f}s ago" if age is not None else "never seen"
+        raise CheckFailed(f"no beat leader holds the lease ({seen})")
+
+
+CHECKS.update({"workers": check_workers, "beat": check_beat})

@@ -134,6 +134,8 @@ class Heartbeat(threading.Thread):
     def run(self) -> None:
         from django.db import DatabaseError, InterfaceError, close_old_connections
 
+        from nodes.models import Node
+
         drained = False
         while not self.stopping.is_set():
             close_old_connections()
@@ -141,7 +143,8 @@ class Heartbeat(threading.Thread):
                 if self.shutting_down.is_set() and not drained:
                     drained = self._drain_for_shutdown()
                 self.beat()
-            except (DatabaseError, InterfaceError):
+            except (DatabaseError, InterfaceError, Node.DoesNotExist):
+                # The database is down or the row was deleted: try again next tick, never die.
                 logger.exception("node %s: heartbeat failed; retrying next tick", self.node_name)
             self.wake.wait(self.interval)
             self.wake.clear()

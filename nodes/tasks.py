@@ -17,4 +17,4 @@ def reap_stale() -> list[str]:
 @shared_task(name="nodes.reconcile_broker", ignore_result=True)
 def reconcile_broker() -> list[int]:
     """Republish queued executions whose broker message is gone (Redis restarted or flushed)."""
-    return []
+    return executions_reconcile_broker(older_than_seconds=settings.SCHEDULER_RECONCILE_SECONDS)

@@ -1,5 +1,15 @@
 """API routes of this app, mounted under /api/v1/ by scheduler_project.urls."""
 
-from django.urls import path  # noqa: F401 - routes are added as the app's API grows
+from django.urls import path
+from rest_framework.routers import SimpleRouter
 
-urlpatterns: list = []
+from nodes.api import AllocationViewSet, ClusterUsageView, NodeViewSet
+
+router = SimpleRouter()
+router.register("nodes", NodeViewSet, basename="node")
+router.register("allocations", AllocationViewSet, basename="allocation")
+
+urlpatterns = [
+    path("resources/usage/", ClusterUsageView.as_view(), name="resources-usage"),
+    *router.urls,
+]

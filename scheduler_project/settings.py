@@ -182,6 +182,32 @@ SCHEDULER_HTTP_ALLOWLIST = env.list("SCHEDULER_HTTP_ALLOWLIST", default=[])
 SCHEDULER_MISFIRE_GRACE_SECONDS = env.float("SCHEDULER_MISFIRE_GRACE_SECONDS", default=60.0)
 SCHEDULER_ALLOW_SHELL_JOBS = env.bool("SCHEDULER_ALLOW_SHELL_JOBS", default=True)
 SCHEDULER_FLOWER_URL = env.str("SCHEDULER_FLOWER_URL", default="http://127.0.0.1:5555/")
+# --- Monitoring (monitoring app): output capture, retention, metrics, alerts ---------------------
+# Captured output kept per execution (characters); past it the oldest chunks are dropped.
+SCHEDULER_LOG_MAX_CHARS = env.int("SCHEDULER_LOG_MAX_CHARS", default=1_000_000)
+# Finished executions (and their output) older than this are pruned daily; dead letters' are kept.
+SCHEDULER_RETENTION_DAYS = env.int("SCHEDULER_RETENTION_DAYS", default=30)
+# /metrics needs `Authorization: Bearer <this>` or an operator's session; empty: session only.
+SCHEDULER_METRICS_TOKEN = env.str("SCHEDULER_METRICS_TOKEN", default="")
+# Metrics and dashboard summaries are cached (Redis) this long, so many viewers cost one query set.
+SCHEDULER_METRICS_CACHE_SECONDS = env.float("SCHEDULER_METRICS_CACHE_SECONDS", default=5.0)
+# The duration and lateness histograms cover executions finished / fired in this trailing window.
+SCHEDULER_METRICS_WINDOW_SECONDS = env.int("SCHEDULER_METRICS_WINDOW_SECONDS", default=3600)
+SCHEDULER_ALERT_EVALUATE_SECONDS = env.float("SCHEDULER_ALERT_EVALUATE_SECONDS", default=5.0)
+SCHEDULER_ALERT_MAX_ATTEMPTS = env.int("SCHEDULER_ALERT_MAX_ATTEMPTS", default=6)
+SCHEDULER_ALERT_BACKOFF_SECONDS = env.float("SCHEDULER_ALERT_BACKOFF_SECONDS", default=5.0)
+SCHEDULER_ALERT_BACKOFF_MAX_SECONDS = env.float("SCHEDULER_ALERT_BACKOFF_MAX_SECONDS", default=600.0)
+SCHEDULER_WEBHOOK_TIMEOUT_SECONDS = env.float("SCHEDULER_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+# Alert e-mail: EMAIL_URL (smtp://user:pass@host:587, consolemail://) and the sender address.
+_EMAIL = env.email_url("EMAIL_URL", default="consolemail://")
+EMAIL_BACKEND = _EMAIL["EMAIL_BACKEND"]
+EMAIL_HOST = _EMAIL.get("EMAIL_HOST") or "localhost"
+EMAIL_PORT = _EMAIL.get("EMAIL_PORT") or 25
+EMAIL_HOST_USER = _EMAIL.get("EMAIL_HOST_USER") or ""
+EMAIL_HOST_PASSWORD = _EMAIL.get("EMAIL_HOST_PASSWORD") or ""
+EMAIL_USE_TLS = bool(_EMAIL.get("EMAIL_USE_TLS", False))
+EMAIL_USE_SSL = bool(_EMAIL.get("EMAIL_USE_SSL", False))
+DEFAULT_FROM_EMAIL = env.str("SCHEDULER_ALERT_EMAIL_FROM", default="scheduler@localhost")
 
 # --- Celery (DESIGN.md "Reliability rules") ---------------------------------------------------
 CELERY_TASK_SERIALIZER = "json"
@@ -233,6 +259,17 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "schedule": SCHEDULER_SWEEP_SECONDS,
         "options": {"expires": max(SCHEDULER_SWEEP_SECONDS, 1.0) * 5},
     },
+    # monitoring: alert evaluation and delivery; daily retention pruning (monitoring/tasks.py).
+    "monitoring.evaluate_alerts": {
+        "task": "monitoring.evaluate_alerts",
+        "schedule": SCHEDULER_ALERT_EVALUATE_SECONDS,
+        "options": {"expires": max(SCHEDULER_ALERT_EVALUATE_SECONDS, 1.0) * 3},
+    },
+    "monitoring.prune_retention": {
+        "task": "monitoring.prune_retention",
+        "schedule": 24 * 3600.0,
+        "options": {"expires": 3600},
+    },
 }
 # jobs.execute goes to the chosen node's queue (set when published); dead-letter notices to their own queue.
 CELERY_TASK_ROUTES = {
@@ -258,6 +295,11 @@ REST_FRAMEWORK = {
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     "DEFAULT_THROTTLE_RATES": {"login": env.str("SCHEDULER_LOGIN_THROTTLE", default="5/min")},
 }
+# --- API request limits (jobs/api) -------------------------------------------------------------
+# Bodies over this are refused (413); also Django's own limit for forms and the admin.
+DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("SCHEDULER_MAX_REQUEST_BYTES", default=2 * 1024 * 1024)
+# A job's payload (and any JSON object field) as compact JSON; room for an http job's 1 MiB body.
+SCHEDULER_MAX_PAYLOAD_BYTES = env.int("SCHEDULER_MAX_PAYLOAD_BYTES", default=1280 * 1024)
 # --- Tokens and login (accounts) ------------------------------------------------------------
 SCHEDULER_TOKEN_TTL_HOURS = env.float("SCHEDULER_TOKEN_TTL_HOURS", default=10.0)
 SCHEDULER_LOGIN_MAX_FAILURES = env.int("SCHEDULER_LOGIN_MAX_FAILURES", default=5)
@@ -278,6 +320,14 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # Several models have a "status": name each enum after its model (jobs/api, nodes/api).
+    "ENUM_NAME_OVERRIDES": {
+        "JobStatusEnum": "jobs.models.Job.Status",
+        "ExecutionStatusEnum": "jobs.models.Execution.Status",
+        "DeadLetterStatusEnum": "jobs.models.DeadLetter.Status",
+        "NodeStatusEnum": "nodes.models.Node.Status",
+        "NodeTargetStatusEnum": "nodes.api.NODE_TARGET_STATUSES",
+    },
 }
 
 LOGGING = {

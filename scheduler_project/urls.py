@@ -3,7 +3,7 @@ from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from monitoring.views import healthz
+from monitoring.views import dashboard, dashboard_fragment, healthz, metrics, readyz
 
 api_v1: list[URLPattern | URLResolver] = [
     path("", include("accounts.urls")),
@@ -23,4 +23,8 @@ urlpatterns = [
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("healthz", healthz, name="healthz"),
+    path("readyz", readyz, name="readyz"),
+    path("metrics", metrics, name="metrics"),
+    path("dashboard/", dashboard, name="dashboard"),
+    path("dashboard/fragment/", dashboard_fragment, name="dashboard-fragment"),
 ]

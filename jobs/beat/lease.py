@@ -15,8 +15,7 @@ from django.conf import settings
 
 logger = logging.getLogger(__name__)
 
-LEASE_KEY = "scheduler:beat:leader"
-STATUS_KEY = "scheduler:beat:status"
+LEASE_KEY = "scheduler:beat:leader"  # its holder's identity; "<key>:status" keeps the last renewal
 # Only the holder may extend or drop the lease (compare-and-set on the holder's identity).
 _RENEW = """
 if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) end
@@ -41,8 +40,11 @@ def redis_client() -> redis.Redis:
 class LeaderLease:
     """`SET key identity NX PX` to acquire, a CAS script to renew and release."""
 
-    def __init__(self, *, client: redis.Redis, seconds: float, identity: str | None = None) -> None:
+    def __init__(
+        self, *, client: redis.Redis, seconds: float, identity: str | None = None, key: str = LEASE_KEY
+    ) -> None:
         self.client = client
+        self.key = key
         self.seconds = seconds
         self.identity = identity or f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._renew = client.register_script(_RENEW)
@@ -55,9 +57,9 @@ class LeaderLease:
         started = time.monotonic()
         ttl_ms = int(self.seconds * 1000)
         try:
-            ok = self.held and self._renew(keys=[LEASE_KEY], args=[self.identity, ttl_ms]) == 1
+            ok = self.held and self._renew(keys=[self.key], args=[self.identity, ttl_ms]) == 1
             if not ok:
-                ok = bool(self.client.set(LEASE_KEY, self.identity, nx=True, px=ttl_ms))
+                ok = bool(self.client.set(self.key, self.identity, nx=True, px=ttl_ms))
             if ok:
                 self._record(started)
         except redis.RedisError as exc:
@@ -82,7 +84,7 @@ class LeaderLease:
         if not self.held:
             return
         try:
-            self._release(keys=[LEASE_KEY], args=[self.identity])
+            self._release(keys=[self.key], args=[self.identity])
         except redis.RedisError as exc:
             logger.warning("beat lease: could not release: %r", exc)
         self.held = False
@@ -91,22 +93,22 @@ class LeaderLease:
     def _record(self, now_monotonic: float) -> None:
         pipe = self.client.pipeline(transaction=False)
         pipe.hset(
-            STATUS_KEY,
+            f"{self.key}:status",
             mapping={
                 "leader": self.identity,
                 "renewed_at": f"{time.time():.3f}",
                 "lease_seconds": self.seconds,
             },
         )
-        pipe.expire(STATUS_KEY, 24 * 3600)
+        pipe.expire(f"{self.key}:status", 24 * 3600)
         pipe.execute()
 
 
-def leader_status(*, client: redis.Redis | None = None) -> dict[str, Any]:
+def leader_status(*, client: redis.Redis | None = None, key: str = LEASE_KEY) -> dict[str, Any]:
     """The current beat leader and its last renewal, for monitoring ("a beat leader seen recently")."""
     client = client or redis_client()
-    raw = client.hgetall(STATUS_KEY)
-    holder = client.get(LEASE_KEY)
+    raw = client.hgetall(f"{key}:status")
+    holder = client.get(key)
     status: dict[str, Any] = {
         "leader": _text(holder) if holder else None,
         "last_leader": None,

@@ -57,10 +57,11 @@ class JobScheduler(Scheduler):
     """Heap-driven, leader-elected beat scheduler for django-celery-beat PeriodicTask rows."""
 
     max_interval = 5
+    lease_key = LEASE_KEY
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.stats: Counter[str] = Counter()
-        self.lease = LeaderLease(client=redis_client(), seconds=lease_seconds())
+        self.lease = LeaderLease(client=redis_client(), seconds=lease_seconds(), key=self.lease_key)
         self.sync_seconds = _knob("SCHEDULER_BEAT_SYNC_SECONDS", 1.0)
         self.flush_seconds = _knob("SCHEDULER_BEAT_FLUSH_SECONDS", 2.0)
         self.full_sync_seconds = _knob("SCHEDULER_BEAT_FULL_SYNC_SECONDS", 300.0)
@@ -107,7 +108,7 @@ class JobScheduler(Scheduler):
 
     @property
     def info(self) -> str:
-        return f"    . leader lease -> {self.lease.seconds:g}s in Redis key {LEASE_KEY}"
+        return f"    . leader lease -> {self.lease.seconds:g}s in Redis key {self.lease.key}"
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         """Renew or seek the lease; as leader, sync changes, fire what is due and flush bookkeeping."""

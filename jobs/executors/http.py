@@ -183,9 +183,14 @@ def _send(
         if remaining <= 0:
             raise requests.Timeout()
         response = session.request(
-            method, url, headers=headers, data=body or None, timeout=remaining,
-            allow_redirects=False, stream=True,
-        )  # fmt: skip
+            method,
+            url,
+            headers=headers,
+            data=body or None,
+            timeout=remaining,
+            allow_redirects=False,
+            stream=True,
+        )
         if response.status_code not in REDIRECT_STATUSES or "location" not in response.headers:
             return response
         response.close()

@@ -9,7 +9,7 @@ from datetime import timedelta
 
 import psutil
 from django.db import transaction
-from django.db.models import F
+from django.db.models import DateTimeField, ExpressionWrapper, F
 from django.utils import timezone
 
 from ..executors.base import Outcome
@@ -132,6 +132,7 @@ def execution_finish(*, execution_id: int, claim_token: uuid.UUID, outcome: Outc
         Execution.objects.filter(pk=execution_id, claim_token=claim_token).update(**fields)
         logger.info("execution %s: claim no longer ours; result kept as output only", execution_id)
         return False
+    _release(execution_id)  # in the same transaction: the status and the freed capacity land together
     if outcome.status == Execution.Status.SUCCEEDED:
         Execution.objects.filter(pk=execution_id).update(progress=100.0)
     elif outcome.status in FAILURE_STATUSES:
@@ -170,10 +171,15 @@ def execution_mark_lost(*, execution_id: int, reason: str) -> bool:
 
 def executions_overdue_sweep(*, limit: int = 100) -> int:
     """Mark lost the running executions far past their timeout (their worker vanished without a trace)."""
-    deadline = timezone.now() - OVERDUE_GRACE
+    # started_at + timeout + grace < now, computed in SQL per job
+    overdue_after = ExpressionWrapper(
+        F("started_at") + F("job__timeout_seconds") * timedelta(seconds=1) + OVERDUE_GRACE,
+        output_field=DateTimeField(),
+    )
     ids = list(
         Execution.objects.filter(status=Execution.Status.RUNNING, started_at__isnull=False)
-        .filter(started_at__lt=deadline - F("job__timeout_seconds") * timedelta(seconds=1))
+        .annotate(overdue_after=overdue_after)
+        .filter(overdue_after__lt=timezone.now())
         .values_list("pk", flat=True)[:limit]
     )
     return sum(

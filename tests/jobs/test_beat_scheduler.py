@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import psycopg
 import pytest
 import time_machine
 from django.db import connection
@@ -234,3 +235,27 @@ def test_lease_is_compare_and_set(redis_client) -> None:
     assert status["leader"] == "b"
     assert status["last_leader"] == "a"
     redis_client.delete(LEASE_KEY)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_dropped_database_connection_does_not_stop_beat(make_scheduler) -> None:
+    with time_machine.travel(T0 - timedelta(hours=1), tick=False):
+        fire_task("job:7", seconds=1)
+    scheduler = make_scheduler()
+    run(scheduler, T0, ticks=1)
+    connection.ensure_connection()
+    backend_pid = connection.connection.info.backend_pid
+    with psycopg.connect(**_admin_dsn()) as admin:
+        admin.execute("SELECT pg_terminate_backend(%s)", [backend_pid])
+    try:
+        run(scheduler, T0 + timedelta(seconds=1), ticks=3)  # must not raise
+        run(scheduler, T0 + timedelta(seconds=2), ticks=3)
+    finally:
+        connection.close()  # whatever happened, the test database teardown gets a fresh connection
+    assert [slot for _, slot, _ in scheduler.sent] == [T0 + timedelta(seconds=n) for n in range(3)]
+    assert PeriodicTask.objects.get(name="job:7").total_run_count >= 2
+
+
+def _admin_dsn() -> dict[str, Any]:
+    db = connection.settings_dict
+    return {"host": db["HOST"], "port": db["PORT"] or 5432, "user": db["USER"], "dbname": db["NAME"]}

@@ -59,9 +59,10 @@ def test_shell_output_is_bounded_to_the_tail(settings):
 def test_shell_timeout_kills_the_whole_group(tmp_path):
     pidfile = tmp_path / "child.pid"
     # The child ignores SIGTERM: only the SIGKILL of the group gets it.
+    stubborn = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)"
     script = (
         "import subprocess, sys, time\n"
-        f"c = subprocess.Popen([sys.executable, '-c', 'import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(120)'])\n"
+        f"c = subprocess.Popen([sys.executable, '-c', {stubborn!r}])\n"
         f"open({str(pidfile)!r}, 'w').write(str(c.pid))\n"
         "time.sleep(120)\n"
     )
@@ -87,7 +88,9 @@ def test_shell_missing_program_fails_cleanly():
 
 def test_python_handler_result_and_progress():
     control = LocalControl()
-    outcome = python.run({"handler": "progress", "kwargs": {"steps": 2, "delay": 0.01}}, timeout=30, control=control)
+    outcome = python.run(
+        {"handler": "progress", "kwargs": {"steps": 2, "delay": 0.01}}, timeout=30, control=control
+    )
     assert outcome.status == "succeeded"
     assert outcome.result == {"steps": 2}
     assert control.progress == [50.0, 100.0]

@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 
 STOCK_BEAT = "django_celery_beat.schedulers:DatabaseScheduler"
 FAST = {
-    "SCHEDULER_SWEEP_SECONDS": "0.5",
+    "SCHEDULER_SWEEP_SECONDS": "1",  # the stock scheduler stores whole seconds
     "SCHEDULER_HEARTBEAT_SECONDS": "1",
     "SCHEDULER_NODE_CPU": "4",
     "SCHEDULER_NODE_MEMORY_MB": "4096",
@@ -60,8 +60,13 @@ def _gone(pid: int) -> bool:
 
 
 def test_interval_shell_job_runs_once_per_slot(worker, start_beat, shell_user):
-    job = job_create(owner=shell_user, name="tick", kind="shell", payload={"command": ["echo", "tick"]},
-                     schedule={"type": "interval", "every_seconds": 2})  # fmt: skip
+    job = job_create(
+        owner=shell_user,
+        name="tick",
+        kind="shell",
+        payload={"command": ["echo", "tick"]},
+        schedule={"type": "interval", "every_seconds": 2},
+    )
     beat = start_beat(scheduler=STOCK_BEAT, **FAST)
     done = job.executions.filter(status=Execution.Status.SUCCEEDED)
     _wait(lambda: done.count() >= 3, timeout=120, what="3 runs", procs=(worker, beat))
@@ -74,31 +79,42 @@ def test_interval_shell_job_runs_once_per_slot(worker, start_beat, shell_user):
 
 
 def test_failing_job_retries_with_backoff_then_dead_letter_then_replay(worker, start_beat, redis_client):
-    job = job_create(owner=worker_owner(), name="flaky", kind="python", payload={"handler": "fail"},
-                     max_retries=2, retry_backoff_seconds=1, retry_jitter=False)  # fmt: skip
+    job = job_create(
+        owner=worker_owner(),
+        name="flaky",
+        kind="python",
+        payload={"handler": "fail"},
+        max_retries=2,
+        retry_backoff_seconds=1,
+        retry_jitter=False,
+    )
     start_beat(scheduler=STOCK_BEAT, **FAST)
     job_trigger(job=job)
     wait_for(lambda: DeadLetter.objects.filter(job=job).exists(), timeout=120, what="a dead letter")
     executions = list(job.executions.order_by("attempt"))
     assert [e.attempt for e in executions] == [1, 2, 3]
     assert [e.status for e in executions] == ["retrying", "retrying", "dead"]
-    assert executions[1].retry_of == executions[0] and executions[2].retry_of == executions[1]
+    assert executions[1].retry_of == executions[0]
+    assert executions[2].retry_of == executions[1]
     assert len({e.scheduled_for for e in executions}) == 1  # retries serve the same slot
     delays = [
         (r.retry_at - r.failed_execution.finished_at).total_seconds()
         for r in JobRetry.objects.filter(job=job).order_by("next_attempt")
     ]
-    assert len(delays) == 2 and delays[0] < delays[1]  # 1 s, then 2 s
+    assert len(delays) == 2
+    assert delays[0] < delays[1]
     dead = DeadLetter.objects.get(job=job)
     assert dead.execution == executions[2]
     assert "failed on purpose" in dead.error
     assert redis_client.llen("dead_letter") == 1  # the notice on the dead_letter queue
 
     replay = dead_letter_replay(dead_letter_id=dead.pk)
-    assert replay.replay_of == executions[2] and replay.trigger == Execution.Trigger.REPLAY
+    assert replay.replay_of == executions[2]
+    assert replay.trigger == Execution.Trigger.REPLAY
     wait_for(lambda: Execution.objects.get(pk=replay.pk).status == "retrying", timeout=60, what="the replay")
     dead.refresh_from_db()
-    assert dead.status == DeadLetter.Status.REPLAYED and dead.replay_count == 1
+    assert dead.status == DeadLetter.Status.REPLAYED
+    assert dead.replay_count == 1
 
 
 def worker_owner():
@@ -116,10 +132,17 @@ def test_timeout_kills_the_job_and_its_children(worker, shell_user, tmp_path):
         "print('started', flush=True)\n"
         "time.sleep(300)\n"
     )
-    job = job_create(owner=shell_user, name="slow", kind="shell", timeout_seconds=3,
-                     payload={"command": [sys.executable, "-c", script]})  # fmt: skip
+    job = job_create(
+        owner=shell_user,
+        name="slow",
+        kind="shell",
+        timeout_seconds=3,
+        payload={"command": [sys.executable, "-c", script]},
+    )
     execution = job_trigger(job=job)
-    wait_for(lambda: Execution.objects.get(pk=execution.pk).status == "timed_out", timeout=90, what="timed_out")
+    wait_for(
+        lambda: Execution.objects.get(pk=execution.pk).status == "timed_out", timeout=90, what="timed_out"
+    )
     execution.refresh_from_db()
     assert "timed out" in execution.error
     assert "started" in execution.output
@@ -130,7 +153,9 @@ def test_timeout_kills_the_job_and_its_children(worker, shell_user, tmp_path):
 def test_cancel_kills_a_running_job(worker, shell_user, tmp_path):
     pidfile = tmp_path / "job.pid"
     script = f"import os, time; open({str(pidfile)!r}, 'w').write(str(os.getpid())); time.sleep(300)"
-    job = job_create(owner=shell_user, name="long", kind="shell", payload={"command": [sys.executable, "-c", script]})
+    job = job_create(
+        owner=shell_user, name="long", kind="shell", payload={"command": [sys.executable, "-c", script]}
+    )
     execution = job_trigger(job=job)
     wait_for(lambda: pidfile.exists() and pidfile.read_text(), timeout=60, what="the job to start")
     assert Execution.objects.get(pk=execution.pk).status == "running"
@@ -142,9 +167,14 @@ def test_cancel_kills_a_running_job(worker, shell_user, tmp_path):
 
 
 def _slot_job(policy: str) -> Job:
-    return job_create(owner=worker_owner(), name=policy, kind="python", concurrency_policy=policy,
-                      payload={"handler": "sleep", "kwargs": {"seconds": 60}},
-                      schedule={"type": "interval", "every_seconds": 3600})  # fmt: skip
+    return job_create(
+        owner=worker_owner(),
+        name=policy,
+        kind="python",
+        concurrency_policy=policy,
+        payload={"handler": "sleep", "kwargs": {"seconds": 60}},
+        schedule={"type": "interval", "every_seconds": 3600},
+    )
 
 
 def test_forbid_skips_a_slot_while_a_run_is_active(worker):
@@ -173,8 +203,15 @@ def test_replace_cancels_the_running_one_and_starts_the_new(worker):
 
 
 def test_a_job_that_kills_its_worker_ends_in_the_dead_letter_queue(worker, start_beat):
-    job = job_create(owner=worker_owner(), name="poison", kind="python", payload={"handler": "crash"},
-                     max_retries=2, retry_backoff_seconds=1, retry_jitter=False)  # fmt: skip
+    job = job_create(
+        owner=worker_owner(),
+        name="poison",
+        kind="python",
+        payload={"handler": "crash"},
+        max_retries=2,
+        retry_backoff_seconds=1,
+        retry_jitter=False,
+    )
     start_beat(scheduler=STOCK_BEAT, **FAST)
     job_trigger(job=job)
     wait_for(

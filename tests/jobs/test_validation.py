@@ -50,7 +50,10 @@ def _refused(field: str, **kwargs) -> str:
         ("schedule.cron_expression", {"schedule": {"type": "cron", "cron_expression": "61 * * * *"}}),
         ("schedule.cron_expression", {"schedule": {"type": "cron", "cron_expression": "* * * *"}}),
         ("schedule.cron_expression", {"schedule": {"type": "cron", "cron_expression": "@hourly"}}),
-        ("schedule.timezone", {"schedule": {"type": "cron", "cron_expression": "0 * * * *", "timezone": "Mars/Base"}}),
+        (
+            "schedule.timezone",
+            {"schedule": {"type": "cron", "cron_expression": "0 * * * *", "timezone": "Mars/Base"}},
+        ),
         ("schedule.every_seconds", {"schedule": {"type": "interval", "every_seconds": -5}}),
         ("schedule.every_seconds", {"schedule": {"type": "interval", "every_seconds": 0}}),
         ("schedule.every_seconds", {"schedule": {"type": "interval"}}),
@@ -69,7 +72,12 @@ def test_end_before_start_is_refused():
     start = timezone.now() + timedelta(days=2)
     message = _refused(
         "schedule.end_at",
-        schedule={"type": "interval", "every_seconds": 5, "start_at": start, "end_at": start - timedelta(hours=1)},
+        schedule={
+            "type": "interval",
+            "every_seconds": 5,
+            "start_at": start,
+            "end_at": start - timedelta(hours=1),
+        },
     )
     assert "after start_at" in message
 
@@ -86,15 +94,25 @@ def test_http_payload_errors():
     _refused("payload.url", kind="http", payload={"url": "http://169.254.169.254/latest/meta-data"})
     _refused("payload.url", kind="http", payload={"url": "http://127.0.0.1:8000/"})
     _refused("payload.method", kind="http", payload={"url": "https://example.com/", "method": "BREW"})
-    _refused("payload.expect_status", kind="http", payload={"url": "https://example.com/", "expect_status": [99]})
-    _refused("payload.headers", kind="http", payload={"url": "https://example.com/", "headers": {"a": "b\nc"}})
+    _refused(
+        "payload.expect_status", kind="http", payload={"url": "https://example.com/", "expect_status": [99]}
+    )
+    _refused(
+        "payload.headers", kind="http", payload={"url": "https://example.com/", "headers": {"a": "b\nc"}}
+    )
 
 
 def test_several_errors_are_reported_together():
     user = UserFactory()
     with pytest.raises(ValidationError) as info:
-        job_create(owner=user, name="j", kind="python", payload={"handler": "nope"}, priority=42,
-                   schedule={"type": "cron", "cron_expression": "bad"})  # fmt: skip
+        job_create(
+            owner=user,
+            name="j",
+            kind="python",
+            payload={"handler": "nope"},
+            priority=42,
+            schedule={"type": "cron", "cron_expression": "bad"},
+        )
     assert {"payload.handler", "priority", "schedule.cron_expression"} <= set(info.value.message_dict)
 
 
@@ -124,8 +142,14 @@ def test_no_node_yet_is_not_an_error():
 
 def test_valid_job_creates_job_schedule_and_periodic_task():
     user = UserFactory()
-    job = job_create(owner=user, name="nightly", kind="python", payload=ECHO, priority=9,
-                     schedule={"type": "cron", "cron_expression": "30 2 * * *", "timezone": "Europe/Berlin"})  # fmt: skip
+    job = job_create(
+        owner=user,
+        name="nightly",
+        kind="python",
+        payload=ECHO,
+        priority=9,
+        schedule={"type": "cron", "cron_expression": "30 2 * * *", "timezone": "Europe/Berlin"},
+    )
     task = PeriodicTask.objects.get(name=f"job:{job.pk}")
     assert task.task == "jobs.fire"
     assert task.enabled

@@ -67,10 +67,20 @@ def statuses(jobs: list[Job]) -> Counter:
 def all_succeeded_once(jobs: list[Job]) -> bool:
     """Every job has exactly one succeeded execution and none still active."""
     done = Counter(
-        Execution.objects.filter(job__in=jobs, status=Execution.Status.SUCCEEDED).values_list("job", flat=True)
+        Execution.objects.filter(job__in=jobs, status=Execution.Status.SUCCEEDED).values_list(
+            "job", flat=True
+        )
     )
     active = Execution.objects.filter(job__in=jobs, status__in=Execution.ACTIVE).exists()
     return len(done) == len(jobs) and not active and max(done.values()) == 1
+
+
+def wait_all_succeeded_once(jobs: list[Job], timeout: float) -> None:
+    """Wait until every job succeeded exactly once; on timeout, fail with the statuses reached."""
+    try:
+        wait_for(lambda: all_succeeded_once(jobs), timeout=timeout, interval=0.5, what="jobs done")
+    except pytest.fail.Exception:
+        pytest.fail(f"not every job succeeded exactly once within {timeout:.0f}s: {statuses(jobs)}")
 
 
 def assert_no_overcommit_and_all_released() -> None:
@@ -113,7 +123,7 @@ def test_200_jobs_with_resource_requests_never_overcommit_and_respect_labels(sta
         thread.join()
     assert len(jobs) == 200
 
-    wait_for(lambda: all_succeeded_once(jobs), timeout=240, interval=1, what=f"200 jobs: {statuses(jobs)}")
+    wait_all_succeeded_once(jobs, timeout=240)
     assert_no_overcommit_and_all_released()
     for execution in Execution.objects.filter(job__in=jobs).select_related("job", "node"):
         assert execution.node is not None
@@ -133,9 +143,11 @@ def test_sigkill_of_a_node_mid_job_loses_nothing_and_runs_the_next_attempt_elsew
     wait_for(lambda: online(*workers), timeout=90, what="two nodes online")
     job = submit(UserFactory(), seconds=8, max_retries=2, retry_backoff_seconds=1, retry_jitter=False)
     first = wait_for(
-        lambda: Execution.objects.filter(job=job, attempt=1, status=Execution.Status.RUNNING)
-        .select_related("node")
-        .first(),
+        lambda: (
+            Execution.objects.filter(job=job, attempt=1, status=Execution.Status.RUNNING)
+            .select_related("node")
+            .first()
+        ),
         timeout=60,
         what="first attempt running",
     )
@@ -150,7 +162,7 @@ def test_sigkill_of_a_node_mid_job_loses_nothing_and_runs_the_next_attempt_elsew
     assert first.status == Execution.Status.LOST
     assert victim in first.error
     survivor = next(name for name in workers if name != victim)
-    wait_for(lambda: all_succeeded_once([job]), timeout=90, interval=0.5, what=f"retry: {statuses([job])}")
+    wait_all_succeeded_once([job], timeout=90)
     winner = Execution.objects.get(job=job, status=Execution.Status.SUCCEEDED)
     assert (winner.attempt, winner.node.name) == (2, survivor)
     assert Execution.objects.filter(job=job).count() == 2
@@ -182,7 +194,7 @@ def test_a_job_that_fits_no_node_waits_pending_and_runs_when_a_big_node_joins(st
     assert "3.000 cpu" in execution.pending_reason
 
     start_worker("big@hostB", concurrency=1, **node_env("4", 4096))
-    wait_for(lambda: all_succeeded_once([job]), timeout=90, what=f"job placed on the big node: {statuses([job])}")
+    wait_all_succeeded_once([job], timeout=90)
     assert Execution.objects.get(job=job).node.name == "big@hostB"
 
 
@@ -210,7 +222,7 @@ def test_draining_then_sigterm_of_a_busy_node_loses_nothing(start_worker, start_
     wait_for(lambda: not d1.alive(), timeout=60, what="d1 finished its task and stopped")
     assert Node.objects.get(name="d1@hostA").status == Node.Status.OFFLINE
     everything = jobs + more
-    wait_for(lambda: all_succeeded_once(everything), timeout=120, what=f"all jobs: {statuses(everything)}")
+    wait_all_succeeded_once(everything, timeout=120)
     assert not Execution.objects.filter(job__in=more, node__name="d1@hostA").exists()  # drained: no new work
     # The run d1 was executing finished there, successfully, during the warm shutdown.
     assert Execution.objects.filter(job__in=jobs, node__name="d1@hostA", status="succeeded").exists()
@@ -225,12 +237,14 @@ def test_redis_flushed_while_executions_are_queued_the_reconciler_republishes_th
     owner = UserFactory()
     jobs = [submit(owner, seconds=1, cpu=Decimal("0.5")) for _ in range(5)]
     wait_for(
-        lambda: statuses(jobs) == Counter({"running": 1, "queued": 4}), timeout=60, what="one running, 4 queued"
+        lambda: statuses(jobs) == Counter({"running": 1, "queued": 4}),
+        timeout=60,
+        what="one running, 4 queued",
     )
 
     redis_client.flushdb()  # the broker restarted empty: four messages are gone
 
     start_beat(scheduler="celery.beat:PersistentScheduler", **FAST)
-    wait_for(lambda: all_succeeded_once(jobs), timeout=120, what=f"republished and done: {statuses(jobs)}")
+    wait_all_succeeded_once(jobs, timeout=120)
     assert Execution.objects.filter(job__in=jobs).count() == 5  # same executions, no retries needed
     assert_no_overcommit_and_all_released()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from decimal import Decimal
 
 import pytest
@@ -12,13 +13,20 @@ from django.utils import timezone
 
 from jobs.models import Execution, Job
 from nodes.models import Node, ResourceAllocation
-from nodes.placement import LeastLoadedPolicy, allocation_reserve, placement_impossible_reason
+from nodes.placement import (
+    Candidate,
+    LeastLoadedPolicy,
+    PlacementPolicy,
+    allocation_reserve,
+    placement_impossible_reason,
+)
 from nodes.services import allocation_release
-from tests.factories import JobFactory, NodeFactory
+from tests.factories import NodeFactory
+from tests.nodes.conftest import make_job
 
 
 def make_execution(**job_fields) -> Execution:
-    job: Job = JobFactory.create(**job_fields)
+    job = make_job(**job_fields)
     return Execution.objects.create(job=job, scheduled_for=timezone.now())
 
 
@@ -51,7 +59,22 @@ def test_least_loaded_policy_prefers_the_largest_free_cpu_share():
 
     # big has 2 of 8 cpu free (25%), small 2 of 2 (100%).
     assert reserve(make_execution(cpu=Decimal("1"))).allocation.node == small
-    assert isinstance(LeastLoadedPolicy(), LeastLoadedPolicy)
+    assert LeastLoadedPolicy.__doc__
+
+
+class PackPolicy(PlacementPolicy):
+    """Bin packing: the node with the least free cpu that still fits."""
+
+    def choose(self, candidates: Sequence[Candidate], job: Job) -> Candidate:
+        return min(candidates, key=lambda c: (c.free_cpu, c.node.name))
+
+
+@pytest.mark.django_db
+def test_another_policy_is_one_setting_away(settings):
+    settings.SCHEDULER_PLACEMENT_POLICY = "tests.nodes.test_placement.PackPolicy"
+    NodeFactory(name="small@h", cpu_capacity=Decimal("2"))
+    NodeFactory(name="big@h", cpu_capacity=Decimal("8"))
+    assert reserve(make_execution(cpu=Decimal("1"))).allocation.node.name == "small@h"
 
 
 @pytest.mark.django_db

@@ -1,0 +1,104 @@
+"""Execution, JobRetry and DeadLetter admin: read-only history, cancel and replay actions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.contrib import admin, messages
+from django.core.exceptions import ValidationError
+from django.db.models import QuerySet
+from django.http import HttpRequest
+from django.utils.html import format_html
+
+from ..models import DeadLetter, Execution, JobRetry
+from ..services import dead_letter_discard, dead_letter_replay, execution_cancel
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    """History: looked at, changed only through actions (which call services)."""
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return False
+
+
+@admin.register(Execution)
+class ExecutionAdmin(ReadOnlyAdmin):
+    list_display = [
+        "id",
+        "job",
+        "status",
+        "trigger",
+        "scheduled_for",
+        "attempt",
+        "node",
+        "started_at",
+        "finished_at",
+        "exit_code",
+        "progress",
+    ]
+    list_filter = ["status", "trigger", "node", "job"]
+    search_fields = ["job__name", "error", "=id"]
+    list_select_related = ["job", "node"]
+    date_hierarchy = "created_at"
+    actions = ["cancel"]
+    exclude = ["output"]
+    readonly_fields = ["output_text"]
+
+    @admin.display(description="output")
+    def output_text(self, execution: Execution) -> str:
+        note = "(truncated) " if execution.output_truncated else ""
+        return format_html(
+            "{}<pre style='white-space: pre-wrap'>{}</pre>", note, execution.output or "(none)"
+        )
+
+    @admin.action(description="Cancel (a running one is killed)")
+    def cancel(self, request: HttpRequest, queryset: QuerySet[Execution]) -> None:
+        done = sum(
+            execution_cancel(execution_id=pk, reason=f"cancelled by {request.user} in the admin")
+            for pk in queryset.values_list("pk", flat=True)
+        )
+        self.message_user(request, f"{done} execution(s) cancelled")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super(ReadOnlyAdmin, self).has_change_permission(request, obj)
+
+
+@admin.register(JobRetry)
+class JobRetryAdmin(ReadOnlyAdmin):
+    list_display = ["id", "job", "failed_execution", "next_attempt", "retry_at", "status", "new_execution"]
+    list_filter = ["status"]
+    search_fields = ["job__name"]
+    list_select_related = ["job"]
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(ReadOnlyAdmin):
+    list_display = ["id", "job", "execution", "status", "replay_count", "last_replayed_at", "created_at"]
+    list_filter = ["status"]
+    search_fields = ["job__name", "error"]
+    list_select_related = ["job", "execution"]
+    actions = ["replay", "discard"]
+
+    @admin.action(description="Replay (a fresh execution)")
+    def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        for dead in queryset:
+            try:
+                execution = dead_letter_replay(dead_letter_id=dead.pk)
+            except ValidationError as exc:
+                self.message_user(request, " ".join(exc.messages), messages.ERROR)
+                continue
+            self.message_user(request, f"dead letter {dead.pk} replayed as execution {execution.pk}")
+
+    @admin.action(description="Discard")
+    def discard(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        done = sum(dead_letter_discard(dead_letter_id=pk) for pk in queryset.values_list("pk", flat=True))
+        self.message_user(request, f"{done} dead letter(s) discarded")
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return obj is None and super(ReadOnlyAdmin, self).has_change_permission(request, obj)

@@ -1,0 +1,61 @@
+"""Query filters of the jobs API (django-filter): ?status=, ?job=, ?since= ..."""
+
+from __future__ import annotations
+
+import django_filters
+from django import forms
+
+from jobs.models import DeadLetter, Execution, Job
+
+ID_MAX = 2**63 - 1
+
+
+class IdFilter(django_filters.NumberFilter):
+    """A primary key: a whole number within bigint, never a lookup that could reveal other users' rows."""
+
+    field_class = forms.IntegerField
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        kwargs.setdefault("min_value", 1)
+        kwargs.setdefault("max_value", ID_MAX)
+        super().__init__(*args, **kwargs)
+
+
+class JobFilter(django_filters.FilterSet):
+    """Jobs by status (repeatable), kind, name (contains), owner username (operators see all)."""
+
+    status = django_filters.MultipleChoiceFilter(choices=Job.Status.choices)
+    kind = django_filters.ChoiceFilter(choices=Job.Kind.choices)
+    name = django_filters.CharFilter(lookup_expr="icontains", max_length=200)
+    owner = django_filters.CharFilter(field_name="owner__username", max_length=150)
+
+    class Meta:
+        model = Job
+        fields = ["status", "kind", "name", "owner"]
+
+
+class ExecutionFilter(django_filters.FilterSet):
+    """Executions by job, status (repeatable), node, trigger, and created since/until (ISO-8601)."""
+
+    job = IdFilter(field_name="job_id")
+    status = django_filters.MultipleChoiceFilter(choices=Execution.Status.choices)
+    node = IdFilter(field_name="node_id")
+    node_name = django_filters.CharFilter(field_name="node__name", max_length=255)
+    trigger = django_filters.ChoiceFilter(choices=Execution.Trigger.choices)
+    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
+
+    class Meta:
+        model = Execution
+        fields = ["job", "status", "node", "node_name", "trigger", "since", "until"]
+
+
+class DeadLetterFilter(django_filters.FilterSet):
+    """Dead letters by job and status."""
+
+    job = IdFilter(field_name="job_id")
+    status = django_filters.MultipleChoiceFilter(choices=DeadLetter.Status.choices)
+
+    class Meta:
+        model = DeadLetter
+        fields = ["job", "status"]

@@ -1,0 +1,269 @@
+"""Serializers of the jobs API: the JSON shape of jobs, executions and dead letters.
+
+They check JSON types only; every rule about values (ranges, cron, time zones, payloads, placement) is the
+jobs services' (jobs.validation), whose errors the views return as 400 with the field named.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from django.conf import settings
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from jobs.models import DeadLetter, Execution, Job, JobSchedule
+
+INT32_MAX = 2**31 - 1
+SMALLINT_MAX = 2**15 - 1
+
+# API name -> jobs.schedules name (the service's), and back for error keys.
+SCHEDULE_IN = {"at": "run_at", "expression": "cron_expression"}
+# Service error keys -> the API field they are about.
+ERROR_KEYS = {
+    "cpu": "resources.cpu",
+    "memory_mb": "resources.memory_mb",
+    "schedule.run_at": "schedule.at",
+    "schedule.cron_expression": "schedule.expression",
+    "idempotency_key": "Idempotency-Key",
+}
+
+
+class Text(serializers.CharField):
+    """A JSON string (DRF's CharField would turn 12 into "12")."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return super().to_internal_value(data)
+
+
+@extend_schema_field(OpenApiTypes.DATETIME)
+class DateTimeText(Text):
+    """An ISO-8601 date-time kept as text: the service reads a naive time in the schedule's zone."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(max_length=64, **kwargs)
+
+
+class SizedJSONField(serializers.JSONField):
+    """Any JSON value whose compact encoding is at most SCHEDULER_MAX_PAYLOAD_BYTES."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        limit = settings.SCHEDULER_MAX_PAYLOAD_BYTES
+        if len(json.dumps(value, separators=(",", ":")).encode()) > limit:
+            raise serializers.ValidationError(f"must be at most {limit} bytes as JSON")
+        return value
+
+
+@extend_schema_field(
+    {"type": "object", "additionalProperties": {"type": "string"}, "example": {"region": "eu"}}
+)
+class LabelsField(SizedJSONField):
+    """An object of label names to string values."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if value is not None and not (
+            isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        ):
+            raise serializers.ValidationError("must be an object of label names to string values")
+        return value
+
+
+class ScheduleSerializer(serializers.Serializer):
+    """When a job runs: once at a time, every N seconds, or on a cron expression in a time zone."""
+
+    type = serializers.ChoiceField(choices=JobSchedule.Type.choices)
+    at = DateTimeText(required=False, allow_null=True, help_text="once: when (ISO-8601)")
+    every_seconds = serializers.IntegerField(
+        required=False, allow_null=True, max_value=INT32_MAX, help_text="interval: seconds between runs"
+    )
+    expression = Text(
+        required=False,
+        allow_blank=True,
+        allow_null=True,
+        max_length=120,
+        help_text="cron: 'minute hour day-of-month month day-of-week'",
+    )
+    timezone = Text(
+        required=False, allow_null=True, max_length=64, help_text="IANA zone for cron and naive times; UTC"
+    )
+    start_at = DateTimeText(required=False, allow_null=True, help_text="no run before this")
+    end_at = DateTimeText(required=False, allow_null=True, help_text="no run after this")
+    max_runs = serializers.IntegerField(
+        required=False, allow_null=True, max_value=INT32_MAX, help_text="stop after this many runs"
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        # A schedule is replaced whole (PATCH too): without its type it would read as "no schedule".
+        if "type" not in attrs:
+            raise serializers.ValidationError({"type": ["This field is required."]})
+        return attrs
+
+    def to_representation(self, instance: JobSchedule) -> dict[str, Any]:
+        return {
+            "type": instance.type,
+            "at": _iso(instance.run_at),
+            "every_seconds": instance.every_seconds,
+            "expression": instance.cron_expression or None,
+            "timezone": instance.timezone,
+            "start_at": _iso(instance.start_at),
+            "end_at": _iso(instance.end_at),
+            "max_runs": instance.max_runs,
+        }
+
+
+def _iso(value: Any) -> str | None:
+    return serializers.DateTimeField().to_representation(value) if value else None
+
+
+class ResourcesSerializer(serializers.Serializer):
+    """The CPU and memory one execution reserves on its node."""
+
+    cpu = serializers.DecimalField(
+        max_digits=7, decimal_places=3, coerce_to_string=False, required=False, help_text="CPUs, e.g. 0.5"
+    )
+    memory_mb = serializers.IntegerField(required=False, max_value=INT32_MAX, help_text="MiB")
+
+
+class LastExecutionSerializer(serializers.Serializer):
+    """The job's most recent execution, in brief."""
+
+    id = serializers.IntegerField()
+    status = serializers.ChoiceField(choices=Execution.Status.choices)
+    attempt = serializers.IntegerField()
+    scheduled_for = serializers.DateTimeField()
+    finished_at = serializers.DateTimeField(allow_null=True)
+
+
+class JobSerializer(serializers.Serializer):
+    """A job as the API reads and writes it (owner, status and times are read-only)."""
+
+    id = serializers.IntegerField(read_only=True)
+    owner = serializers.CharField(source="owner.username", read_only=True)
+    name = Text(max_length=200)
+    description = Text(required=False, allow_blank=True, max_length=10000)
+    kind = serializers.ChoiceField(choices=Job.Kind.choices)
+    payload = SizedJSONField(
+        help_text="per kind: shell {command: [argv]}, http {method, url, ...}, python {handler, kwargs}"
+    )
+    schedule = ScheduleSerializer(required=False, allow_null=True, help_text="null: runs only when run")
+    priority = serializers.IntegerField(required=False, max_value=SMALLINT_MAX, help_text="0 (low) - 9")
+    resources = ResourcesSerializer(required=False, source="*")
+    node_selector = LabelsField(required=False, allow_null=True, help_text="labels a node must have")
+    timeout_seconds = serializers.IntegerField(required=False, allow_null=True, max_value=INT32_MAX)
+    max_retries = serializers.IntegerField(required=False, max_value=SMALLINT_MAX)
+    retry_backoff_seconds = serializers.IntegerField(required=False, max_value=INT32_MAX)
+    retry_backoff_max_seconds = serializers.IntegerField(required=False, max_value=INT32_MAX)
+    retry_jitter = serializers.BooleanField(required=False)
+    concurrency_policy = serializers.ChoiceField(choices=Job.ConcurrencyPolicy.choices, required=False)
+    misfire_policy = serializers.ChoiceField(choices=Job.MisfirePolicy.choices, required=False)
+    status = serializers.ChoiceField(choices=Job.Status.choices, read_only=True)
+    next_run_at = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField(read_only=True)
+    updated_at = serializers.DateTimeField(read_only=True)
+    last_execution = serializers.SerializerMethodField()
+
+    def to_representation(self, instance: Job) -> dict[str, Any]:
+        data = super().to_representation(instance)
+        schedule = _schedule_of(instance)
+        data["schedule"] = ScheduleSerializer(schedule).data if schedule is not None else None
+        return data
+
+    @extend_schema_field(serializers.DateTimeField(allow_null=True))
+    def get_next_run_at(self, job: Job) -> str | None:
+        schedule = _schedule_of(job)
+        if schedule is None or job.status != Job.Status.ACTIVE:
+            return None
+        return _iso(schedule.next_run_at)
+
+    @extend_schema_field(LastExecutionSerializer(allow_null=True))
+    def get_last_execution(self, job: Job) -> dict[str, Any] | None:
+        # Annotated by the view's queryset (one subquery), so a page of jobs costs one query.
+        return getattr(job, "last_execution_data", None)
+
+    def service_kwargs(self) -> dict[str, Any]:
+        """The validated input as keyword arguments of job_create / job_update."""
+        data = dict(self.validated_data)
+        if "schedule" in data and data["schedule"] is not None:
+            data["schedule"] = {SCHEDULE_IN.get(k, k): v for k, v in data["schedule"].items()}
+        return data
+
+
+def _schedule_of(job: Job) -> JobSchedule | None:
+    try:
+        return job.schedule
+    except JobSchedule.DoesNotExist:
+        return None
+
+
+class ExecutionSerializer(serializers.ModelSerializer):
+    """One attempt of one firing of a job (read-only: executions change only through actions)."""
+
+    job_name = serializers.CharField(source="job.name", read_only=True)
+    node = serializers.CharField(source="node.name", read_only=True, allow_null=True, default=None)
+    duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
+
+    class Meta:
+        model = Execution
+        fields = [
+            "id",
+            "job",
+            "job_name",
+            "scheduled_for",
+            "attempt",
+            "trigger",
+            "status",
+            "node",
+            "pending_reason",
+            "created_at",
+            "queued_at",
+            "started_at",
+            "finished_at",
+            "duration_seconds",
+            "exit_code",
+            "error",
+            "result",
+            "progress",
+            "output_truncated",
+            "retry_of",
+            "replay_of",
+        ]
+        read_only_fields = fields
+
+
+class ExecutionDetailSerializer(ExecutionSerializer):
+    """An execution with the tail of its output (the live log is at executions/{id}/log/)."""
+
+    class Meta(ExecutionSerializer.Meta):
+        fields = [*ExecutionSerializer.Meta.fields, "output"]
+        read_only_fields = fields
+
+
+class DeadLetterSerializer(serializers.ModelSerializer):
+    """An execution whose retries ran out, kept for inspection and replay."""
+
+    job_name = serializers.CharField(source="job.name", read_only=True)
+    attempts = serializers.IntegerField(source="execution.attempt", read_only=True)
+    execution_status = serializers.CharField(source="execution.status", read_only=True)
+
+    class Meta:
+        model = DeadLetter
+        fields = [
+            "id",
+            "job",
+            "job_name",
+            "execution",
+            "execution_status",
+            "attempts",
+            "error",
+            "status",
+            "replay_count",
+            "last_replayed_at",
+            "created_at",
+        ]
+        read_only_fields = fields

@@ -1,0 +1,223 @@
+"""Monitoring API: execution logs, the metrics summary, alert rules (operators) and alert history.
+
+Object access follows the jobs API: executions are scoped with scope_to_user (another user's is a 404).
+"""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+import django_filters
+from django.db.models import QuerySet
+from django.shortcuts import get_object_or_404
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import mixins, serializers, viewsets
+from rest_framework.generics import ListAPIView
+from rest_framework.permissions import IsAuthenticated
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from accounts.permissions import IsOperator, scope_to_user
+from jobs.api.base import ApiSchema, LimitedJSONParser, Pagination, api_exception_handler, service_errors
+from jobs.api.filters import IdFilter
+from jobs.models import Execution, Job
+from monitoring import services
+from monitoring.models import Alert, AlertDelivery, AlertRule
+from monitoring.selectors import log_excerpt, log_read, logs_query
+from monitoring.selectors.summary import summary_cached
+
+
+def scoped_executions(user: Any) -> QuerySet[Execution]:
+    """Executions the user may see: their own jobs' (operators and admins: all)."""
+    return scope_to_user(Execution.objects.all(), user, owner_field="job__owner")
+
+
+class LogSliceSerializer(serializers.Serializer):
+    text = serializers.CharField()
+    next_offset = serializers.IntegerField()
+    complete = serializers.BooleanField()
+    status = serializers.CharField()
+
+
+class OffsetSerializer(serializers.Serializer):
+    offset = serializers.IntegerField(min_value=0, max_value=2**62, default=0)
+
+
+class ExecutionLogView(APIView):
+    """Follow an execution's output: call again with ?offset=next_offset until complete."""
+
+    permission_classes = [IsAuthenticated]
+    schema = ApiSchema()
+    parser_classes = [LimitedJSONParser]
+    pagination_class = Pagination
+
+    def get_exception_handler(self) -> Any:
+        return api_exception_handler
+
+    @extend_schema(
+        summary="An execution's output from ?offset= (characters)",
+        parameters=[OpenApiParameter("offset", int, required=False)],
+        responses={200: LogSliceSerializer},
+    )
+    def get(self, request: Request, pk: int) -> Response:
+        params = OffsetSerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        execution = get_object_or_404(scoped_executions(request.user).only("pk"), pk=pk)
+        piece = log_read(execution_id=execution.pk, offset=params.validated_data["offset"])
+        return Response(LogSliceSerializer(piece).data)
+
+
+class LogFilter(django_filters.FilterSet):
+    """Logs by job, node name, status (repeatable), created since/until and text contained in the output."""
+
+    job = IdFilter(field_name="job_id")
+    node = django_filters.CharFilter(field_name="node__name", max_length=255)
+    status = django_filters.MultipleChoiceFilter(choices=Execution.Status.choices)
+    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    contains = django_filters.CharFilter(method="filter_contains", max_length=200)
+
+    class Meta:
+        model = Execution
+        fields = ["job", "node", "status", "since", "until", "contains"]
+
+    def filter_contains(self, queryset: QuerySet[Execution], name: str, value: str) -> QuerySet[Execution]:
+        return logs_query(executions=queryset, contains=value) if value else queryset
+
+
+class LogEntrySerializer(serializers.ModelSerializer):
+    job_name = serializers.CharField(source="job.name", read_only=True)
+    node = serializers.CharField(source="node.name", read_only=True, default=None)
+    excerpt = serializers.SerializerMethodField()
+
+    class Meta:
+        model = Execution
+        fields = [
+            "id", "job", "job_name", "node", "status", "attempt", "scheduled_for", "created_at",
+            "started_at", "finished_at", "exit_code", "error", "excerpt",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+    def get_excerpt(self, execution: Execution) -> str:
+        return log_excerpt(execution, self.context["request"].query_params.get("contains"))
+
+
+class LogListView(ListAPIView):
+    """Output across executions (own jobs; operators: all), newest first, with a matching excerpt."""
+
+    permission_classes = [IsAuthenticated]
+    serializer_class = LogEntrySerializer
+    filterset_class = LogFilter
+    ordering_fields = ["id", "created_at", "finished_at"]
+    ordering = ["-created_at", "-id"]
+    schema = ApiSchema()
+    parser_classes = [LimitedJSONParser]
+    pagination_class = Pagination
+
+    def get_exception_handler(self) -> Any:
+        return api_exception_handler
+
+    def get_queryset(self) -> QuerySet[Execution]:
+        return logs_query(executions=scoped_executions(self.request.user))
+
+
+class MetricsSummaryView(APIView):
+    """The numbers /metrics exposes, as JSON (cached a few seconds)."""
+
+    permission_classes = [IsOperator]
+
+    @extend_schema(
+        summary="Cluster summary: jobs, executions, queues, nodes, histograms", responses={200: dict}
+    )
+    def get(self, request: Request) -> Response:
+        return Response(summary_cached())
+
+
+class AlertRuleSerializer(serializers.ModelSerializer):
+    job = serializers.PrimaryKeyRelatedField(queryset=Job.objects.all(), required=False, allow_null=True)
+
+    class Meta:
+        model = AlertRule
+        fields = [
+            "id", "name", "kind", "params", "channel", "target", "enabled", "job", "secret", "created_at",
+            "updated_at",
+        ]  # fmt: skip
+        read_only_fields = ["id", "secret", "created_at", "updated_at"]
+
+
+class AlertRuleViewSet(viewsets.ModelViewSet):
+    """Alert rules: what to watch and where to send it (operators and admins)."""
+
+    permission_classes = [IsOperator]
+    serializer_class = AlertRuleSerializer
+    queryset = AlertRule.objects.select_related("job")
+    http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    ordering = ["name", "id"]
+    schema = ApiSchema()
+    parser_classes = [LimitedJSONParser]
+    pagination_class = Pagination
+
+    def get_exception_handler(self) -> Any:
+        return api_exception_handler
+
+    def perform_create(self, serializer: serializers.BaseSerializer) -> None:
+        with service_errors():
+            serializer.instance = services.alert_rule_create(
+                actor=self.request.user, **serializer.validated_data
+            )
+
+    def perform_update(self, serializer: serializers.BaseSerializer) -> None:
+        with service_errors():
+            rule = cast(AlertRule, serializer.instance)
+            serializer.instance = services.alert_rule_update(rule=rule, **serializer.validated_data)
+
+    def perform_destroy(self, instance: AlertRule) -> None:
+        services.alert_rule_delete(rule=instance)
+
+
+class DeliverySerializer(serializers.ModelSerializer):
+    class Meta:
+        model = AlertDelivery
+        fields = ["id", "event", "status", "attempts", "next_attempt_at", "sent_at", "last_error"]
+        read_only_fields = fields
+
+
+class AlertSerializer(serializers.ModelSerializer):
+    rule_name = serializers.CharField(source="rule.name", read_only=True)
+    kind = serializers.CharField(source="rule.kind", read_only=True)
+    deliveries = DeliverySerializer(many=True, read_only=True)
+
+    class Meta:
+        model = Alert
+        fields = [
+            "id", "rule", "rule_name", "kind", "incident_key", "state", "summary", "details", "fired_at",
+            "resolved_at", "deliveries",
+        ]  # fmt: skip
+        read_only_fields = fields
+
+
+class AlertFilter(django_filters.FilterSet):
+    rule = IdFilter(field_name="rule_id")
+    state = django_filters.ChoiceFilter(choices=Alert.State.choices)
+    since = django_filters.IsoDateTimeFilter(field_name="fired_at", lookup_expr="gte")
+
+    class Meta:
+        model = Alert
+        fields = ["rule", "state", "since"]
+
+
+class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+    """Alert history: every incident with its deliveries, newest first (operators and admins)."""
+
+    permission_classes = [IsOperator]
+    serializer_class = AlertSerializer
+    queryset = Alert.objects.select_related("rule").prefetch_related("deliveries")
+    filterset_class = AlertFilter
+    ordering = ["-fired_at", "-id"]
+    schema = ApiSchema()
+    parser_classes = [LimitedJSONParser]
+    pagination_class = Pagination
+
+    def get_exception_handler(self) -> Any:
+        return api_exception_handler

@@ -1,0 +1,119 @@
+"""Execution output capture (append-only chunks, bounded per execution) and retention pruning."""
+
+from __future__ import annotations
+
+import codecs
+import logging
+import threading
+import time
+from datetime import datetime, timedelta
+
+from django.conf import settings
+from django.db import IntegrityError, transaction
+from django.db.models import Sum
+from django.db.models.functions import Length
+from django.utils import timezone
+
+from jobs.models import Execution
+from monitoring.models import ExecutionLogChunk
+
+logger = logging.getLogger(__name__)
+APPEND_ATTEMPTS = 5  # racing appenders to one execution retry on the (execution, seq) unique constraint
+
+
+def _append_once(execution_id: int, text: str) -> ExecutionLogChunk:
+    last = (
+        ExecutionLogChunk.objects.filter(execution_id=execution_id)
+        .order_by("-seq")
+        .values("seq", "offset", "text")
+        .first()
+    )
+    seq, offset = (last["seq"] + 1, last["offset"] + len(last["text"])) if last else (0, 0)
+    with transaction.atomic():
+        return ExecutionLogChunk.objects.create(execution_id=execution_id, seq=seq, offset=offset, text=text)
+
+
+def _trim(execution_id: int) -> int:
+    """Drop the oldest chunks past SCHEDULER_LOG_MAX_CHARS (offsets stay absolute, so readers notice)."""
+    limit = int(settings.SCHEDULER_LOG_MAX_CHARS)
+    chunks = ExecutionLogChunk.objects.filter(execution_id=execution_id)
+    total = chunks.aggregate(n=Sum(Length("text")))["n"] or 0
+    if total <= limit:
+        return 0
+    drop: list[int] = []
+    for pk, size in chunks.order_by("seq").annotate(size=Length("text")).values_list("pk", "size"):
+        if total <= limit:
+            break
+        drop.append(pk)
+        total -= size
+    # Always keep the newest chunk: it carries the end offset that appenders continue from.
+    newest = chunks.order_by("-seq").values_list("pk", flat=True).first()
+    drop = [pk for pk in drop if pk != newest]
+    return ExecutionLogChunk.objects.filter(pk__in=drop).delete()[0]
+
+
+def log_append(*, execution_id: int, text: str) -> ExecutionLogChunk | None:
+    """Append output of a running execution; the new chunk (None for empty text or a missing execution)."""
+    if not text:
+        return None
+    if not Execution.objects.filter(pk=execution_id).exists():
+        logger.info("log_append: execution %s does not exist; output dropped", execution_id)
+        return None
+    for _ in range(APPEND_ATTEMPTS):
+        try:
+            chunk = _append_once(execution_id, text)
+        except IntegrityError:
+            continue  # another appender took this seq: read the new end and try again
+        _trim(execution_id)
+        return chunk
+    raise RuntimeError(f"log_append: execution {execution_id}: too many concurrent appenders")
+
+
+class ExecutionLogWriter:
+    """Buffers raw output bytes from any thread; flush() stores them with log_append (rate-limited)."""
+
+    def __init__(self, *, execution_id: int, min_interval: float = 0.5) -> None:
+        self.execution_id = execution_id
+        self.min_interval = min_interval
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        self._buffer: list[str] = []
+        self._lock = threading.Lock()
+        self._last_flush = 0.0
+
+    def feed(self, data: bytes) -> None:
+        """Take bytes as the job writes them (cheap; called from the output pump thread)."""
+        with self._lock:
+            self._buffer.append(self._decoder.decode(data))
+
+    def flush(self, *, final: bool = False) -> ExecutionLogChunk | None:
+        """Store what was fed since the last flush; at most once per min_interval unless final."""
+        now = time.monotonic()
+        if not final and now - self._last_flush < self.min_interval:
+            return None
+        with self._lock:
+            if final:
+                self._buffer.append(self._decoder.decode(b"", final=True))
+            text, self._buffer = "".join(self._buffer), []
+        self._last_flush = now
+        return log_append(execution_id=self.execution_id, text=text)
+
+
+def executions_prune(
+    *, older_than_days: int | None = None, now: datetime | None = None, batch: int = 1000
+) -> int:
+    """Delete finished executions (and their output) older than the retention; dead letters' are kept."""
+    days = settings.SCHEDULER_RETENTION_DAYS if older_than_days is None else older_than_days
+    if days <= 0:
+        return 0  # retention off
+    cutoff = (now or timezone.now()) - timedelta(days=days)
+    candidates = Execution.objects.filter(
+        status__in=Execution.TERMINAL, finished_at__lt=cutoff, dead_letter__isnull=True
+    )
+    deleted = 0
+    while True:
+        ids = list(candidates.order_by("finished_at").values_list("pk", flat=True)[:batch])
+        if not ids:
+            return deleted
+        with transaction.atomic():
+            # Active allocations never belong to finished executions; chunks and retries cascade.
+            deleted += Execution.objects.filter(pk__in=ids).delete()[1].get("jobs.Execution", 0)

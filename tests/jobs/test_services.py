@@ -1,0 +1,199 @@
+"""Services against the real database: claim and fencing, cancel, lost, retries, misfire, sync with beat."""
+
+from __future__ import annotations
+
+import os
+import random
+from datetime import timedelta
+
+import pytest
+from django.utils import timezone
+from django_celery_beat.models import PeriodicTask
+
+from jobs import dispatch
+from jobs.executors import Outcome
+from jobs.models import DeadLetter, Execution, Job, JobRetry
+from jobs.services import (
+    execution_cancel,
+    execution_claim,
+    execution_finish,
+    execution_mark_lost,
+    job_create,
+    job_delete,
+    job_pause,
+    job_resume,
+    job_trigger,
+    job_update,
+    retries_sweep,
+    retry_delay_seconds,
+)
+from tests.factories import JobFactory, UserFactory
+
+pytestmark = pytest.mark.django_db
+ECHO = {"handler": "echo"}
+
+
+def _interval_job(**kwargs) -> Job:
+    return job_create(
+        owner=UserFactory(),
+        name="j",
+        kind="python",
+        payload=ECHO,
+        schedule={"type": "interval", "every_seconds": 60},
+        **kwargs,
+    )
+
+
+def test_backoff_grows_exponentially_is_capped_and_jittered():
+    job = JobFactory.build(retry_backoff_seconds=10, retry_backoff_max_seconds=60, retry_jitter=False)
+    assert [retry_delay_seconds(job=job, attempt=n) for n in (1, 2, 3, 4, 5)] == [10, 20, 40, 60, 60]
+    job.retry_jitter = True
+    rng = random.Random(1)
+    delays = [retry_delay_seconds(job=job, attempt=n, rng=rng) for n in (1, 2, 3)]
+    assert 8 <= delays[0] <= 10
+    assert 16 <= delays[1] <= 20
+    assert 32 <= delays[2] <= 40
+
+
+def test_claim_is_won_once_and_finish_is_fenced(node):
+    job = _interval_job()
+    execution = job_trigger(job=job)
+    assert execution.status == Execution.Status.QUEUED
+    assert execution.node == node
+    claimed = execution_claim(execution_id=execution.pk)
+    assert claimed is not None
+    assert claimed.status == Execution.Status.RUNNING
+    token = claimed.claim_token
+    Execution.objects.filter(pk=execution.pk).update(worker_pid=os.getppid())  # "another, live process"
+    assert execution_claim(execution_id=execution.pk) is None  # a redelivered message runs nothing
+    assert Execution.objects.get(pk=execution.pk).status == Execution.Status.RUNNING  # alive: left alone
+    assert not execution_finish(
+        execution_id=execution.pk, claim_token=type(token)(int=1), outcome=Outcome("failed")
+    )
+    assert execution_finish(
+        execution_id=execution.pk, claim_token=token, outcome=Outcome("succeeded", exit_code=0)
+    )
+    done = Execution.objects.get(pk=execution.pk)
+    assert done.status == "succeeded"
+    assert done.progress == 100.0
+
+
+def test_claim_of_a_run_whose_process_died_counts_as_a_failed_attempt(node):
+    job = _interval_job(max_retries=1)
+    execution = job_trigger(job=job)
+    execution_claim(execution_id=execution.pk)
+    Execution.objects.filter(pk=execution.pk).update(worker_pid=2**22 + 12345)  # no such process
+    assert execution_claim(execution_id=execution.pk) is None
+    lost = Execution.objects.get(pk=execution.pk)
+    assert lost.status == Execution.Status.LOST
+    assert "died" in lost.error
+    assert JobRetry.objects.get(failed_execution=lost).next_attempt == 2
+
+
+def test_cancel_and_lost_are_conditional(node):
+    job = _interval_job()
+    execution = job_trigger(job=job)
+    assert execution_cancel(execution_id=execution.pk)
+    assert not execution_cancel(execution_id=execution.pk)
+    assert not execution_mark_lost(execution_id=execution.pk, reason="x")
+    assert not Execution.objects.get(pk=execution.pk).allocation.active  # released at once
+    assert execution_claim(execution_id=execution.pk) is None
+
+
+def test_lost_attempts_retry_then_dead_letter(node):
+    job = _interval_job(max_retries=1, retry_backoff_seconds=0, retry_backoff_max_seconds=0)
+    first = job_trigger(job=job)
+    assert execution_mark_lost(execution_id=first.pk, reason="node died")
+    assert retries_sweep() == 1
+    second = Execution.objects.get(retry_of=first)
+    assert (second.attempt, second.scheduled_for, second.trigger) == (2, first.scheduled_for, "retry")
+    assert execution_mark_lost(execution_id=second.pk, reason="node died")
+    assert DeadLetter.objects.get(job=job).execution == second
+    assert retries_sweep() == 0
+
+
+def test_duplicate_fire_is_a_no_op_and_bookkeeping_is_done(node):
+    job = _interval_job()
+    slot = timezone.now().replace(microsecond=0)
+    assert dispatch.fire(job_id=job.pk, scheduled_for=slot) is not None
+    assert dispatch.fire(job_id=job.pk, scheduled_for=slot) is None
+    assert job.executions.count() == 1
+    job.schedule.refresh_from_db()
+    assert job.schedule.total_runs == 1
+    assert job.schedule.next_run_at > slot
+
+
+def test_misfire_run_once_runs_one_late_slot_and_skip_skips(node):
+    job = _interval_job()
+    now = timezone.now().replace(microsecond=0)
+    late = [now - timedelta(minutes=m) for m in (10, 9, 8)]
+    results = [dispatch.fire(job_id=job.pk, scheduled_for=slot).status for slot in late]
+    assert results == ["queued", "skipped", "skipped"]
+    skip_job = _interval_job(misfire_policy="skip")
+    assert dispatch.fire(job_id=skip_job.pk, scheduled_for=late[0]).status == "skipped"
+
+
+def test_max_runs_completes_the_job_and_disables_its_task(node):
+    job = job_create(
+        owner=UserFactory(),
+        name="j",
+        kind="python",
+        payload=ECHO,
+        schedule={"type": "interval", "every_seconds": 60, "max_runs": 1},
+    )
+    dispatch.fire(job_id=job.pk, scheduled_for=timezone.now().replace(microsecond=0))
+    job.refresh_from_db()
+    assert job.status == Job.Status.COMPLETED
+    assert not PeriodicTask.objects.get(name=f"job:{job.pk}").enabled
+    assert dispatch.fire(job_id=job.pk, scheduled_for=timezone.now()) is None
+
+
+def test_pending_when_no_node_fits_then_placed(db):
+    job = _interval_job()
+    execution = job_trigger(job=job)
+    assert execution.status == Execution.Status.PENDING
+    assert execution.pending_reason
+    from tests.factories import NodeFactory
+
+    NodeFactory()
+    assert dispatch.pending_dispatch() == 1
+    assert Execution.objects.get(pk=execution.pk).status == Execution.Status.QUEUED
+
+
+def test_pause_resume_delete_keep_the_periodic_task_in_sync():
+    job = _interval_job()
+    task = PeriodicTask.objects.get(name=f"job:{job.pk}")
+    assert task.enabled
+    assert task.interval.every == 60
+    assert task.kwargs == f'{{"job_id": {job.pk}}}'
+    assert job_pause(job=job)
+    assert not job_pause(job=job)
+    assert not PeriodicTask.objects.get(pk=task.pk).enabled
+    assert job_resume(job=job)
+    assert PeriodicTask.objects.get(pk=task.pk).enabled
+    job_update(job=job, schedule={"type": "cron", "cron_expression": "*/5 * * * *", "timezone": "Asia/Tokyo"})
+    task.refresh_from_db()
+    assert task.interval is None
+    assert task.crontab.minute == "*/5"
+    assert str(task.crontab.timezone) == "Asia/Tokyo"
+    job_update(job=job, schedule=None)
+    assert not PeriodicTask.objects.filter(name=f"job:{job.pk}").exists()
+    job_update(job=job, schedule={"type": "interval", "every_seconds": 5})
+    assert job_delete(job=job)
+    assert Job.objects.get(pk=job.pk).status == Job.Status.ARCHIVED
+    assert not PeriodicTask.objects.get(name=f"job:{job.pk}").enabled
+
+
+def test_update_validates_like_create():
+    from django.core.exceptions import ValidationError
+
+    job = _interval_job()
+    with pytest.raises(ValidationError) as info:
+        job_update(job=job, priority=12, schedule={"type": "interval", "every_seconds": 0})
+    assert {"priority", "schedule.every_seconds"} <= set(info.value.message_dict)
+    assert Job.objects.get(pk=job.pk).priority == 5
+
+
+def test_broker_priority_is_inverted_for_redis():
+    assert dispatch.broker_priority(9) == 0
+    assert dispatch.broker_priority(0) == 9
