@@ -21,7 +21,8 @@ from rest_framework.views import APIView
 
 from accounts.permissions import IsOperatorOrReadOnly, scope_to_user
 from jobs.api.base import ApiSchema, ApiViewMixin, Conflict
-from jobs.api.filters import IdFilter
+from jobs.api.fields import Integer, Number, Text
+from jobs.api.filters import IdFilter, StrictBooleanFilter, StrictFilterSet
 from jobs.api.serializers import INT32_MAX, LabelsField
 from nodes import selectors, services
 from nodes.models import Node, ResourceAllocation
@@ -40,8 +41,13 @@ class NodeSerializer(serializers.ModelSerializer):
     )
     memory_mb_allocated = serializers.IntegerField(read_only=True)
     running = serializers.IntegerField(read_only=True)
-    cpu_capacity = serializers.DecimalField(max_digits=7, decimal_places=3, coerce_to_string=False)
+    name = Text(max_length=255, help_text="the celery worker's hostname, NAME@HOST")
+    hostname = Text(max_length=255, required=False, help_text="default: the HOST part of name")
+    ip_address = serializers.IPAddressField(required=False, allow_null=True)
+    cpu_capacity = Number(max_digits=7, decimal_places=3)
+    memory_mb_capacity = Integer(max_value=INT32_MAX)
     labels = LabelsField(required=False)
+    version = Text(max_length=64, required=False)
 
     class Meta:
         model = Node
@@ -54,12 +60,6 @@ class NodeSerializer(serializers.ModelSerializer):
             "id", "status", "registered_at", "last_heartbeat_at", "cpu_percent", "memory_used_mb",
             "running_count",
         ]  # fmt: skip
-        extra_kwargs = {
-            "name": {"validators": []},  # registering an existing name re-registers it (the service's rule)
-            "memory_mb_capacity": {"max_value": INT32_MAX},
-            "hostname": {"required": False},
-            "version": {"required": False},
-        }
 
 
 class NodeStatusSerializer(serializers.Serializer):
@@ -124,7 +124,7 @@ class AllocationSerializer(serializers.ModelSerializer):
 # --- filters ----------------------------------------------------------------------------------
 
 
-class NodeFilter(django_filters.FilterSet):
+class NodeFilter(StrictFilterSet):
     status = django_filters.MultipleChoiceFilter(choices=Node.Status.choices)
 
     class Meta:
@@ -132,13 +132,13 @@ class NodeFilter(django_filters.FilterSet):
         fields = ["status"]
 
 
-class AllocationFilter(django_filters.FilterSet):
+class AllocationFilter(StrictFilterSet):
     """Allocations by node (id or name), execution, and whether still held (?active=true)."""
 
     node = IdFilter(field_name="node_id")
     node_name = django_filters.CharFilter(field_name="node__name", max_length=255)
     execution = IdFilter(field_name="execution_id")
-    active = django_filters.BooleanFilter(field_name="released_at", lookup_expr="isnull")
+    active = StrictBooleanFilter(field_name="released_at", lookup_expr="isnull")
 
     class Meta:
         model = ResourceAllocation

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -122,31 +122,23 @@ def node_undrain(*, name: str) -> bool:
     return bool(changed)
 
 
-def _execution_requeue() -> Callable[..., bool] | None:
-    """jobs.services.execution_requeue (queued -> pending, no attempt used) once the jobs core has it."""
-    from jobs import services
-
-    return getattr(services, "execution_requeue", None)
-
-
 def node_recover_executions(*, node_id: int, reason: str) -> int:
     """Hand every queued/running execution of an offline node back to the jobs core; returns the count."""
     from jobs.models import Execution
-    from jobs.services import execution_mark_lost
+    from jobs.services import execution_mark_lost, execution_requeue
 
     held = list(
         Execution.objects.filter(node_id=node_id, status__in=_HELD_STATUSES)
         .order_by("pk")
         .values_list("pk", "status")
     )
-    requeue = _execution_requeue()
     recovered = 0
     for pk, status in held:
-        if status == "queued" and requeue is not None:
+        if status == "queued":
             # Never started: placed again elsewhere without using up an attempt.
-            recovered += requeue(execution_id=pk, reason=reason)
+            recovered += execution_requeue(execution_id=pk, reason=reason)
         else:
-            # Running (or no requeue yet): lost, and the job's retry policy decides about a next attempt.
+            # Running: lost, and the job's retry policy decides about a next attempt.
             recovered += execution_mark_lost(execution_id=pk, reason=reason)
     # Anything left (an execution already finished, or not held any more) must not keep capacity.
     ResourceAllocation.objects.filter(node_id=node_id, released_at__isnull=True).exclude(

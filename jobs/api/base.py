@@ -15,15 +15,19 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import NON_FIELD_ERRORS, PermissionDenied, RequestDataTooBig
 from django.core.exceptions import ValidationError as DjangoValidationError
+from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, status
+from rest_framework.filters import BaseFilterBackend
 from rest_framework.pagination import BasePagination, LimitOffsetPagination
 from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
+
+from .filters import StrictOrderingFilter
 
 NON_FIELD = "non_field_errors"
 
@@ -91,13 +95,35 @@ def _refuse_constant(name: str) -> Any:
 
 
 class Pagination(LimitOffsetPagination):
-    """?limit= (default PAGE_SIZE, at most 500) and ?offset= (bounded, so the database never overflows)."""
+    """?limit= (1-500, default PAGE_SIZE) and ?offset= (0-10^9); anything else is a 400, not ignored."""
 
     max_limit = 500
     max_offset = 10**9
 
+    def _param(self, request: Request, name: str, low: int, high: int) -> int | None:
+        values = request.query_params.getlist(name)
+        if not values:
+            return None
+        text = values[0]
+        valid = len(values) == 1 and text.isascii() and text.isdigit() and len(text) <= 12
+        if not valid or not low <= int(text) <= high:
+            raise exceptions.ValidationError({name: [f"must be one whole number from {low} to {high}"]})
+        return int(values[0])
+
+    def get_limit(self, request: Request) -> int | None:
+        limit = self._param(request, self.limit_query_param, 1, self.max_limit)
+        return self.default_limit if limit is None else limit
+
     def get_offset(self, request: Request) -> int:
-        return min(super().get_offset(request), self.max_offset)
+        return self._param(request, self.offset_query_param, 0, self.max_offset) or 0
+
+    def get_schema_operation_parameters(self, view: Any) -> list[dict[str, Any]]:
+        parameters = super().get_schema_operation_parameters(view)
+        bounds = {self.limit_query_param: (1, self.max_limit), self.offset_query_param: (0, self.max_offset)}
+        for parameter in parameters:
+            low, high = bounds[parameter["name"]]
+            parameter["schema"].update(minimum=low, maximum=high)
+        return parameters
 
 
 def _flatten(detail: Any, prefix: str = "") -> dict[str, Any]:
@@ -158,6 +184,8 @@ class ApiViewMixin:
     """What every jobs/nodes API view shares: JSON only, bounded bodies and pages, one error shape."""
 
     parser_classes: Sequence[type[BaseParser]] = [LimitedJSONParser]
+    filter_backends: Sequence[type[BaseFilterBackend]] = [DjangoFilterBackend, StrictOrderingFilter]
+    lookup_value_regex = "[^/]+"  # "/jobs/0.5/" reaches the view: a JSON 404, not Django's HTML one
     pagination_class: type[BasePagination] | None = Pagination
 
     def get_exception_handler(self) -> Any:

@@ -10,11 +10,12 @@ import json
 from typing import Any
 
 from django.conf import settings
-from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from jobs.models import DeadLetter, Execution, Job, JobSchedule
+
+from .fields import Boolean, DateTimeText, Integer, Number, Text
 
 INT32_MAX = 2**31 - 1
 SMALLINT_MAX = 2**15 - 1
@@ -29,23 +30,6 @@ ERROR_KEYS = {
     "schedule.cron_expression": "schedule.expression",
     "idempotency_key": "Idempotency-Key",
 }
-
-
-class Text(serializers.CharField):
-    """A JSON string (DRF's CharField would turn 12 into "12")."""
-
-    def to_internal_value(self, data: Any) -> str:
-        if not isinstance(data, str):
-            self.fail("invalid")
-        return super().to_internal_value(data)
-
-
-@extend_schema_field(OpenApiTypes.DATETIME)
-class DateTimeText(Text):
-    """An ISO-8601 date-time kept as text: the service reads a naive time in the schedule's zone."""
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(max_length=64, **kwargs)
 
 
 class SizedJSONField(serializers.JSONField):
@@ -79,7 +63,7 @@ class ScheduleSerializer(serializers.Serializer):
 
     type = serializers.ChoiceField(choices=JobSchedule.Type.choices)
     at = DateTimeText(required=False, allow_null=True, help_text="once: when (ISO-8601)")
-    every_seconds = serializers.IntegerField(
+    every_seconds = Integer(
         required=False, allow_null=True, max_value=INT32_MAX, help_text="interval: seconds between runs"
     )
     expression = Text(
@@ -94,7 +78,7 @@ class ScheduleSerializer(serializers.Serializer):
     )
     start_at = DateTimeText(required=False, allow_null=True, help_text="no run before this")
     end_at = DateTimeText(required=False, allow_null=True, help_text="no run after this")
-    max_runs = serializers.IntegerField(
+    max_runs = Integer(
         required=False, allow_null=True, max_value=INT32_MAX, help_text="stop after this many runs"
     )
 
@@ -124,10 +108,8 @@ def _iso(value: Any) -> str | None:
 class ResourcesSerializer(serializers.Serializer):
     """The CPU and memory one execution reserves on its node."""
 
-    cpu = serializers.DecimalField(
-        max_digits=7, decimal_places=3, coerce_to_string=False, required=False, help_text="CPUs, e.g. 0.5"
-    )
-    memory_mb = serializers.IntegerField(required=False, max_value=INT32_MAX, help_text="MiB")
+    cpu = Number(max_digits=7, decimal_places=3, required=False, help_text="CPUs, e.g. 0.5")
+    memory_mb = Integer(required=False, max_value=INT32_MAX, help_text="MiB")
 
 
 class LastExecutionSerializer(serializers.Serializer):
@@ -152,14 +134,14 @@ class JobSerializer(serializers.Serializer):
         help_text="per kind: shell {command: [argv]}, http {method, url, ...}, python {handler, kwargs}"
     )
     schedule = ScheduleSerializer(required=False, allow_null=True, help_text="null: runs only when run")
-    priority = serializers.IntegerField(required=False, max_value=SMALLINT_MAX, help_text="0 (low) - 9")
+    priority = Integer(required=False, max_value=SMALLINT_MAX, help_text="0 (low) - 9")
     resources = ResourcesSerializer(required=False, source="*")
     node_selector = LabelsField(required=False, allow_null=True, help_text="labels a node must have")
-    timeout_seconds = serializers.IntegerField(required=False, allow_null=True, max_value=INT32_MAX)
-    max_retries = serializers.IntegerField(required=False, max_value=SMALLINT_MAX)
-    retry_backoff_seconds = serializers.IntegerField(required=False, max_value=INT32_MAX)
-    retry_backoff_max_seconds = serializers.IntegerField(required=False, max_value=INT32_MAX)
-    retry_jitter = serializers.BooleanField(required=False)
+    timeout_seconds = Integer(required=False, allow_null=True, max_value=INT32_MAX)
+    max_retries = Integer(required=False, max_value=SMALLINT_MAX)
+    retry_backoff_seconds = Integer(required=False, max_value=INT32_MAX)
+    retry_backoff_max_seconds = Integer(required=False, max_value=INT32_MAX)
+    retry_jitter = Boolean(required=False)
     concurrency_policy = serializers.ChoiceField(choices=Job.ConcurrencyPolicy.choices, required=False)
     misfire_policy = serializers.ChoiceField(choices=Job.MisfirePolicy.choices, required=False)
     status = serializers.ChoiceField(choices=Job.Status.choices, read_only=True)

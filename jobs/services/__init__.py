@@ -7,6 +7,7 @@ from .executions import (
     execution_mark_lost,
     execution_output_store,
     execution_progress_store,
+    execution_requeue,
     execution_stop_reason,
     executions_overdue_sweep,
 )
@@ -37,6 +38,7 @@ __all__ = [
     "execution_mark_lost",
     "execution_output_store",
     "execution_progress_store",
+    "execution_requeue",
     "execution_stop_reason",
     "executions_overdue_sweep",
     "job_create",

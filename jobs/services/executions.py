@@ -169,6 +169,18 @@ def execution_mark_lost(*, execution_id: int, reason: str) -> bool:
     return True
 
 
+@transaction.atomic
+def execution_requeue(*, execution_id: int, reason: str) -> bool:
+    """Queued on a node that left -> pending again, placed elsewhere without using up an attempt."""
+    updated = Execution.objects.filter(pk=execution_id, status=Execution.Status.QUEUED).update(
+        status=Execution.Status.PENDING, node=None, queued_at=None, pending_reason=reason[:255]
+    )
+    if not updated:
+        return False
+    _release(execution_id)  # frees the capacity and, on commit, asks for a placement pass
+    return True
+
+
 def executions_overdue_sweep(*, limit: int = 100) -> int:
     """Mark lost the running executions far past their timeout (their worker vanished without a trace)."""
     # started_at + timeout + grace < now, computed in SQL per job

@@ -56,7 +56,7 @@ def test_output_over_the_bound_drops_the_oldest_chunks_and_says_so(settings):
     piece = log_read(execution_id=execution.pk, offset=0)
     assert piece.text == "[16 characters of older output dropped]\nchunk-2\nchunk-3\nchunk-4\n"
     assert piece.next_offset == 40
-    assert log_read(execution_id=execution.pk, offset=36).text == "-4\n"
+    assert log_read(execution_id=execution.pk, offset=37).text == "-4\n"
 
 
 def test_without_chunks_the_output_field_is_read():

@@ -205,7 +205,9 @@ def test_draining_then_sigterm_of_a_busy_node_loses_nothing(start_worker, start_
     wait_for(lambda: online("d1@hostA"), timeout=90, what="d1 online")
     owner = UserFactory()
     jobs = [
-        submit(owner, seconds=2, cpu=Decimal("0.5"), max_retries=3, retry_backoff_seconds=1) for _ in range(4)
+        # No retries: work queued on d1 when it stops must be placed again without using an attempt.
+        submit(owner, seconds=2, cpu=Decimal("0.5"), max_retries=0)
+        for _ in range(4)
     ]
     wait_for(
         lambda: Execution.objects.filter(job__in=jobs, status=Execution.Status.RUNNING).exists(),
@@ -216,7 +218,7 @@ def test_draining_then_sigterm_of_a_busy_node_loses_nothing(start_worker, start_
     wait_for(lambda: online("d2@hostB"), timeout=90, what="d2 online")
 
     call_command("node_drain", "d1@hostA")
-    more = [submit(owner, seconds=0.2, cpu=Decimal("0.5"), max_retries=3) for _ in range(3)]
+    more = [submit(owner, seconds=0.2, cpu=Decimal("0.5"), max_retries=0) for _ in range(3)]
     d1.signal(signal.SIGTERM)
 
     wait_for(lambda: not d1.alive(), timeout=60, what="d1 finished its task and stopped")

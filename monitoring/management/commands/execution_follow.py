@@ -6,10 +6,13 @@ import time
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError
-from django.db import DatabaseError, InterfaceError, close_old_connections
+from django.db import DatabaseError, InterfaceError, close_old_connections, connection
 
 from jobs.models import Execution
 from monitoring.selectors import log_read
+
+
+MAX_DB_ERRORS = 30  # consecutive failed polls before giving up
 
 
 class Command(BaseCommand):
@@ -28,16 +31,22 @@ class Command(BaseCommand):
         if offset < 0:
             raise CommandError("--offset must be 0 or more")
         deadline = time.monotonic() + options["timeout"] if options["timeout"] > 0 else None
+        errors = 0
         while True:
-            close_old_connections()
+            if not connection.in_atomic_block:  # inside a caller's transaction the connection is theirs
+                close_old_connections()
             try:
                 piece = log_read(execution_id=execution_id, offset=offset)
             except Execution.DoesNotExist:
                 raise CommandError(f"execution {execution_id} does not exist") from None
             except (DatabaseError, InterfaceError) as exc:
+                errors += 1
+                if errors >= MAX_DB_ERRORS:
+                    raise CommandError(f"database unavailable: {exc}") from None
                 self.stderr.write(f"database error, retrying: {exc}")
                 time.sleep(options["interval"])
                 continue
+            errors = 0
             if piece.text:
                 self.stdout.write(piece.text, ending="")
                 self.stdout.flush()
