@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 # Test run options, e.g. `make test PYTEST_ARGS="tests/jobs -x"`.
 PYTEST_ARGS ?=
 
-.PHONY: up test lint format venv venv-dev stop clean-var
+.PHONY: up test lint format venv venv-dev stop clean-var browser
 
 $(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,8 +33,13 @@ up: venv
 	export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; \
 	exec $(VENV)/bin/honcho start -f Procfile -e "$$(cd "$${SCHEDULER_VAR_DIR:-var}" && pwd)/env"
 
+## make browser: Debian's chromium + chromium-driver for the dashboard's browser test (apt-get only if absent).
+browser:
+	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
+
 ## make test: lint, then the whole suite against real PostgreSQL and Redis.
-test: venv-dev
+test: venv-dev browser
 	@exports="$$($(PY) -m scheduler_project.devservers env test)"; \
 	eval "$$exports"; \
 	$(MAKE) --no-print-directory lint; \

@@ -23,6 +23,7 @@ class UserSerializer(serializers.ModelSerializer):
 
     roles = serializers.SerializerMethodField()
     permissions = serializers.SerializerMethodField()
+    email = serializers.CharField(read_only=True)  # may be blank: not format "email" in the schema
 
     class Meta:
         model = get_user_model()

@@ -6,6 +6,8 @@ import logging
 import time
 import uuid
 
+from monitoring.services import ExecutionLogWriter
+
 from .executors import Outcome, executor_for
 from .executors.base import clamp_progress
 from .services import (
@@ -29,6 +31,8 @@ class ClaimControl:
         self._next_check = 0.0
         self._next_output = 0.0
         self._reason: str | None = None
+        self.log = ExecutionLogWriter(execution_id=execution_id)
+        self.log_feed = self.log.feed
 
     def stop_reason(self) -> str | None:
         now = time.monotonic()
@@ -38,6 +42,7 @@ class ClaimControl:
         return self._reason
 
     def output_update(self, output: str, truncated: bool) -> None:
+        self.log.flush()
         now = time.monotonic()
         if now >= self._next_output:
             self._next_output = now + CHECK_SECONDS
@@ -71,6 +76,7 @@ def execution_run(*, execution_id: int) -> str | None:
     except Exception as exc:  # an executor bug must still end the run, never leave it "running"
         logger.exception("execution %s: executor %s crashed", execution_id, job.kind)
         outcome = Outcome(status="failed", error=f"executor error: {type(exc).__name__}: {exc}"[:2000])
+    control.log.flush(final=True)
     try:
         execution_finish(execution_id=execution_id, claim_token=execution.claim_token, outcome=outcome)
     finally:

@@ -12,6 +12,7 @@ from django.db.models import QuerySet
 from django.shortcuts import get_object_or_404
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import mixins, serializers, viewsets
+from rest_framework.exceptions import NotFound
 from rest_framework.generics import ListAPIView
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
@@ -19,8 +20,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import IsOperator, scope_to_user
-from jobs.api.base import ApiSchema, LimitedJSONParser, Pagination, api_exception_handler, service_errors
-from jobs.api.filters import IdFilter
+from jobs.api.base import ApiSchema, ApiViewMixin, service_errors
+from jobs.api.filters import ID_MAX, IdFilter, StrictFilterSet, UtcDateTimeFilter
 from jobs.models import Execution, Job
 from monitoring import services
 from monitoring.models import Alert, AlertDelivery, AlertRule
@@ -44,38 +45,35 @@ class OffsetSerializer(serializers.Serializer):
     offset = serializers.IntegerField(min_value=0, max_value=2**62, default=0)
 
 
-class ExecutionLogView(APIView):
+class ExecutionLogView(ApiViewMixin, APIView):
     """Follow an execution's output: call again with ?offset=next_offset until complete."""
 
     permission_classes = [IsAuthenticated]
     schema = ApiSchema()
-    parser_classes = [LimitedJSONParser]
-    pagination_class = Pagination
-
-    def get_exception_handler(self) -> Any:
-        return api_exception_handler
 
     @extend_schema(
         summary="An execution's output from ?offset= (characters)",
         parameters=[OpenApiParameter("offset", int, required=False)],
         responses={200: LogSliceSerializer},
     )
-    def get(self, request: Request, pk: int) -> Response:
+    def get(self, request: Request, pk: str) -> Response:
+        if not pk.isdigit() or not 0 < int(pk) <= ID_MAX:
+            raise NotFound()  # "/executions/0.5/log/" is a JSON 404 like any unknown id
         params = OffsetSerializer(data=request.query_params)
         params.is_valid(raise_exception=True)
-        execution = get_object_or_404(scoped_executions(request.user).only("pk"), pk=pk)
+        execution = get_object_or_404(scoped_executions(request.user).only("pk"), pk=int(pk))
         piece = log_read(execution_id=execution.pk, offset=params.validated_data["offset"])
         return Response(LogSliceSerializer(piece).data)
 
 
-class LogFilter(django_filters.FilterSet):
+class LogFilter(StrictFilterSet):
     """Logs by job, node name, status (repeatable), created since/until and text contained in the output."""
 
     job = IdFilter(field_name="job_id")
     node = django_filters.CharFilter(field_name="node__name", max_length=255)
     status = django_filters.MultipleChoiceFilter(choices=Execution.Status.choices)
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lt")
+    since = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UtcDateTimeFilter(field_name="created_at", lookup_expr="lt")
     contains = django_filters.CharFilter(method="filter_contains", max_length=200)
 
     class Meta:
@@ -88,7 +86,7 @@ class LogFilter(django_filters.FilterSet):
 
 class LogEntrySerializer(serializers.ModelSerializer):
     job_name = serializers.CharField(source="job.name", read_only=True)
-    node = serializers.CharField(source="node.name", read_only=True, default=None)
+    node = serializers.CharField(source="node.name", read_only=True, default=None, allow_null=True)
     excerpt = serializers.SerializerMethodField()
 
     class Meta:
@@ -103,7 +101,7 @@ class LogEntrySerializer(serializers.ModelSerializer):
         return log_excerpt(execution, self.context["request"].query_params.get("contains"))
 
 
-class LogListView(ListAPIView):
+class LogListView(ApiViewMixin, ListAPIView):
     """Output across executions (own jobs; operators: all), newest first, with a matching excerpt."""
 
     permission_classes = [IsAuthenticated]
@@ -112,11 +110,6 @@ class LogListView(ListAPIView):
     ordering_fields = ["id", "created_at", "finished_at"]
     ordering = ["-created_at", "-id"]
     schema = ApiSchema()
-    parser_classes = [LimitedJSONParser]
-    pagination_class = Pagination
-
-    def get_exception_handler(self) -> Any:
-        return api_exception_handler
 
     def get_queryset(self) -> QuerySet[Execution]:
         return logs_query(executions=scoped_executions(self.request.user))
@@ -146,20 +139,16 @@ class AlertRuleSerializer(serializers.ModelSerializer):
         read_only_fields = ["id", "secret", "created_at", "updated_at"]
 
 
-class AlertRuleViewSet(viewsets.ModelViewSet):
+class AlertRuleViewSet(ApiViewMixin, viewsets.ModelViewSet):
     """Alert rules: what to watch and where to send it (operators and admins)."""
 
     permission_classes = [IsOperator]
     serializer_class = AlertRuleSerializer
     queryset = AlertRule.objects.select_related("job")
     http_method_names = ["get", "post", "patch", "delete", "head", "options"]
+    ordering_fields = ["id", "name", "kind", "created_at"]
     ordering = ["name", "id"]
     schema = ApiSchema()
-    parser_classes = [LimitedJSONParser]
-    pagination_class = Pagination
-
-    def get_exception_handler(self) -> Any:
-        return api_exception_handler
 
     def perform_create(self, serializer: serializers.BaseSerializer) -> None:
         with service_errors():
@@ -197,27 +186,23 @@ class AlertSerializer(serializers.ModelSerializer):
         read_only_fields = fields
 
 
-class AlertFilter(django_filters.FilterSet):
+class AlertFilter(StrictFilterSet):
     rule = IdFilter(field_name="rule_id")
     state = django_filters.ChoiceFilter(choices=Alert.State.choices)
-    since = django_filters.IsoDateTimeFilter(field_name="fired_at", lookup_expr="gte")
+    since = UtcDateTimeFilter(field_name="fired_at", lookup_expr="gte")
 
     class Meta:
         model = Alert
         fields = ["rule", "state", "since"]
 
 
-class AlertViewSet(mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
+class AlertViewSet(ApiViewMixin, mixins.ListModelMixin, mixins.RetrieveModelMixin, viewsets.GenericViewSet):
     """Alert history: every incident with its deliveries, newest first (operators and admins)."""
 
     permission_classes = [IsOperator]
     serializer_class = AlertSerializer
     queryset = Alert.objects.select_related("rule").prefetch_related("deliveries")
     filterset_class = AlertFilter
+    ordering_fields = ["id", "fired_at", "resolved_at"]
     ordering = ["-fired_at", "-id"]
     schema = ApiSchema()
-    parser_classes = [LimitedJSONParser]
-    pagination_class = Pagination
-
-    def get_exception_handler(self) -> Any:
-        return api_exception_handler

@@ -10,6 +10,11 @@ from django.utils.safestring import SafeString, mark_safe
 WIDTH, HEIGHT, PAD_LEFT, PAD_BOTTOM, PAD_TOP = 720, 200, 36, 22, 10
 
 
+def _n(*values: float) -> list[str]:
+    """Coordinates as short decimal strings (format_html escapes its arguments before formatting)."""
+    return [f"{value:.1f}" for value in values]
+
+
 def throughput_svg(series: list[dict[str, Any]]) -> SafeString:
     """Bars of finished executions per hour (failures in red on top of them) with an axis and legend."""
     peak = max([row["total"] for row in series] + [1])
@@ -22,27 +27,21 @@ def throughput_svg(series: list[dict[str, Any]]) -> SafeString:
         fail_h = row["failed"] / peak * plot_h
         base = PAD_TOP + plot_h
         label = f"{row['hour']:%H}:00 — {row['total']} finished, {row['failed']} failed"
+        coords = _n(x, base - ok_h - fail_h, slot - 4, ok_h, x, base - fail_h, slot - 4, fail_h)
         bars.append(
             format_html(
                 '<g class="bar"><title>{}</title>'
-                '<rect class="ok" x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}"></rect>'
-                '<rect class="failed" x="{:.1f}" y="{:.1f}" width="{:.1f}" height="{:.1f}"></rect></g>',
+                '<rect class="ok" x="{}" y="{}" width="{}" height="{}"></rect>'
+                '<rect class="failed" x="{}" y="{}" width="{}" height="{}"></rect></g>',
                 label,
-                x,
-                base - ok_h - fail_h,
-                slot - 4,
-                ok_h,
-                x,
-                base - fail_h,
-                slot - 4,
-                fail_h,
-            )  # fmt: skip
+                *coords,
+            )
         )
     ticks = format_html_join(
         "",
-        '<text class="tick" x="{:.1f}" y="{}">{}</text>',
+        '<text class="tick" x="{}" y="{}">{}</text>',
         (
-            (PAD_LEFT + i * slot + slot / 2, HEIGHT - 6, f"{row['hour']:%H}")
+            (*_n(PAD_LEFT + i * slot + slot / 2, HEIGHT - 6), f"{row['hour']:%H}")
             for i, row in enumerate(series)
             if i % 3 == 0
         ),

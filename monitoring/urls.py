@@ -10,7 +10,7 @@ router.register("alert-rules", api.AlertRuleViewSet, basename="alert-rule")
 router.register("alerts", api.AlertViewSet, basename="alert")
 
 urlpatterns = [
-    path("executions/<int:pk>/log/", api.ExecutionLogView.as_view(), name="execution-log"),
+    path("executions/<str:pk>/log/", api.ExecutionLogView.as_view(), name="execution-log"),
     path("logs/", api.LogListView.as_view(), name="logs"),
     path("metrics/", api.MetricsSummaryView.as_view(), name="metrics-summary"),
     *router.urls,

@@ -7,6 +7,7 @@ from typing import Any
 
 from django.conf import settings
 from django.contrib.auth.decorators import login_required
+from django.contrib.auth.views import LoginView
 from django.http import HttpRequest, HttpResponse, JsonResponse
 from django.shortcuts import render
 from django.urls import NoReverseMatch, reverse
@@ -96,14 +97,21 @@ def _context(request: HttpRequest) -> dict[str, Any]:
     return data
 
 
-@login_required
+class DashboardLoginView(LoginView):
+    """Session login for the dashboard (any user; the admin's login page admits staff only)."""
+
+    template_name = "monitoring/login.html"
+    redirect_authenticated_user = True
+
+
+@login_required(login_url="dashboard-login")
 @require_GET
 def dashboard(request: HttpRequest) -> HttpResponse:
     """The dashboard page; its body reloads itself from dashboard_fragment every few seconds."""
     return render(request, "monitoring/dashboard.html", _context(request))
 
 
-@login_required
+@login_required(login_url="dashboard-login")
 @require_GET
 def dashboard_fragment(request: HttpRequest) -> HttpResponse:
     """The dashboard's body alone, for the page's refresh script."""

@@ -1,9 +1,10 @@
 from django.contrib import admin
+from django.contrib.auth.views import LogoutView
 from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
-from monitoring.views import dashboard, dashboard_fragment, healthz, metrics, readyz
+from monitoring.views import DashboardLoginView, dashboard, dashboard_fragment, healthz, metrics, readyz
 
 api_v1: list[URLPattern | URLResolver] = [
     path("", include("accounts.urls")),
@@ -27,4 +28,9 @@ urlpatterns = [
     path("metrics", metrics, name="metrics"),
     path("dashboard/", dashboard, name="dashboard"),
     path("dashboard/fragment/", dashboard_fragment, name="dashboard-fragment"),
+    path("dashboard/login/", DashboardLoginView.as_view(), name="dashboard-login"),
+    path("dashboard/logout/", LogoutView.as_view(next_page="dashboard-login"), name="dashboard-logout"),
 ]
+
+handler404 = "scheduler_project.errors.not_found"
+handler500 = "scheduler_project.errors.server_error"

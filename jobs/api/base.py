@@ -20,7 +20,6 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiResponse
 from rest_framework import exceptions, status
-from rest_framework.filters import BaseFilterBackend
 from rest_framework.pagination import BasePagination, LimitOffsetPagination
 from rest_framework.parsers import BaseParser, JSONParser
 from rest_framework.request import Request
@@ -184,7 +183,7 @@ class ApiViewMixin:
     """What every jobs/nodes API view shares: JSON only, bounded bodies and pages, one error shape."""
 
     parser_classes: Sequence[type[BaseParser]] = [LimitedJSONParser]
-    filter_backends: Sequence[type[BaseFilterBackend]] = [DjangoFilterBackend, StrictOrderingFilter]
+    filter_backends: Sequence[Any] = [DjangoFilterBackend, StrictOrderingFilter]
     lookup_value_regex = "[^/]+"  # "/jobs/0.5/" reaches the view: a JSON 404, not Django's HTML one
     pagination_class: type[BasePagination] | None = Pagination
 

@@ -6,9 +6,12 @@ so a client learns about a wrong type at once (and schemathesis' negative tests 
 
 from __future__ import annotations
 
+from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
@@ -60,3 +63,17 @@ class DateTimeText(Text):
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(max_length=64, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        text = super().to_internal_value(data)
+        try:
+            parsed = parse_datetime(text) if text else None
+        except ValueError:  # well-formed but no such day: the service names the field
+            return text
+        if parsed is None or timezone.is_naive(parsed):
+            return text  # naive (in the schedule's zone) or unparseable: the service decides
+        try:
+            # PostgreSQL stores offsets only up to 15:59 and years up to 9999 in UTC.
+            return parsed.astimezone(UTC).isoformat()
+        except OverflowError:
+            raise serializers.ValidationError("is out of range") from None

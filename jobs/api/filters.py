@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC
 from typing import Any
 
 import django_filters
@@ -33,7 +34,7 @@ class StrictNullBooleanField(forms.NullBooleanField):
 
     widget = forms.TextInput  # NullBooleanSelect would read anything unknown as "no filter"
 
-    def to_python(self, value: object) -> bool | None:
+    def to_python(self, value: object) -> bool | None:  # type: ignore[override]
         if value in (None, ""):
             return None
         if value in (True, "true", "True", "1"):
@@ -48,6 +49,13 @@ class StrictNullBooleanField(forms.NullBooleanField):
 
 class StrictBooleanFilter(django_filters.BooleanFilter):
     field_class = StrictNullBooleanField
+
+
+class UtcDateTimeFilter(django_filters.IsoDateTimeFilter):
+    """An ISO-8601 instant, compared in UTC (PostgreSQL refuses UTC offsets past 15:59)."""
+
+    def filter(self, qs: QuerySet, value: Any) -> QuerySet:
+        return super().filter(qs, value.astimezone(UTC) if value is not None else value)
 
 
 class StrictFilterSet(django_filters.FilterSet):
@@ -103,8 +111,8 @@ class ExecutionFilter(StrictFilterSet):
     node = IdFilter(field_name="node_id")
     node_name = django_filters.CharFilter(field_name="node__name", max_length=255)
     trigger = django_filters.ChoiceFilter(choices=Execution.Trigger.choices)
-    since = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="gte")
-    until = django_filters.IsoDateTimeFilter(field_name="created_at", lookup_expr="lte")
+    since = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
+    until = UtcDateTimeFilter(field_name="created_at", lookup_expr="lte")
 
     class Meta:
         model = Execution

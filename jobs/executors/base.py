@@ -55,7 +55,8 @@ class LocalControl:
 class OutputTail:
     """Keeps the last `limit` bytes written to it; thread-safe; knows whether it dropped any."""
 
-    def __init__(self, limit: int | None = None, kept: str = "last") -> None:
+    def __init__(self, limit: int | None = None, kept: str = "last", sink: Any = None) -> None:
+        self.sink = sink  # also receives every write, e.g. the live log (RunControl.log_feed)
         self.limit = limit if limit is not None else settings.SCHEDULER_OUTPUT_LIMIT_BYTES
         self.kept = kept
         self._buf = bytearray()
@@ -70,6 +71,8 @@ class OutputTail:
                 del self._buf[: len(self._buf) - self.limit]
                 self.truncated = True
             self.version += 1
+        if self.sink is not None:
+            self.sink(data)
 
     def text(self) -> str:
         with self._lock:

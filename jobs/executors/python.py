@@ -128,7 +128,7 @@ def run(
     """Call the handler with its kwargs; interrupt it at the timeout or when the run is cancelled."""
     control = control or LocalControl()
     fn = HANDLERS[payload["handler"]]
-    tail = OutputTail()
+    tail = OutputTail(sink=getattr(control, "log_feed", None))
     ctx = HandlerContext(control=control, tail=tail, execution_id=execution_id)
     in_main = threading.current_thread() is threading.main_thread()
     watcher = _Watcher(control=control, tail=tail, timeout=timeout, can_interrupt=in_main)

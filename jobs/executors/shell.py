@@ -102,7 +102,7 @@ def run(
 ) -> Outcome:
     """Run the command; return its outcome (exit code, bounded output, timed_out / cancelled)."""
     control = control or LocalControl()
-    tail = OutputTail()
+    tail = OutputTail(sink=getattr(control, "log_feed", None))
     try:
         proc = subprocess.Popen(
             payload["command"],

@@ -379,3 +379,24 @@ def test_execution_status_of_run_respects_forbid_policy(as_alice, node):
     second = as_alice.post(f"/api/v1/jobs/{job['id']}/run/").json()
     assert first["status"] == "queued"
     assert second["status"] == Execution.Status.SKIPPED
+
+
+@pytest.mark.parametrize(
+    ("schedule", "field"),
+    [
+        ({"type": "once", "at": "2869-01-30T05:47:49.92-16:29"}, None),  # PostgreSQL stores offsets < 16h
+        (
+            {"type": "interval", "every_seconds": 5, "start_at": "9999-12-31T23:59:59-10:00"},
+            "schedule.start_at",
+        ),
+        ({"type": "once", "at": "2030-02-30T00:00:00Z"}, "schedule.at"),
+    ],
+)
+def test_datetimes_postgres_cannot_store_are_not_500(as_alice, schedule, field):
+    response = as_alice.post("/api/v1/jobs/", job_body(schedule=schedule), format="json")
+    if field is None:
+        assert response.status_code == 201, response.content
+        assert response.json()["schedule"]["at"] == "2869-01-30T22:16:49.920000Z"
+    else:
+        assert response.status_code == 400, response.content
+        assert field in response.json()

@@ -35,7 +35,9 @@ def _execution(job: Job, status: str, *, seconds_ago: float = 0, **extra) -> Exe
     now = timezone.now()
     return Execution.objects.create(
         job=job,
-        scheduled_for=now - timedelta(seconds=seconds_ago) + timedelta(microseconds=Execution.objects.count()),
+        scheduled_for=now
+        - timedelta(seconds=seconds_ago)
+        + timedelta(microseconds=Execution.objects.count()),
         status=status,
         started_at=now - timedelta(seconds=1),
         finished_at=now if status in Execution.TERMINAL else None,
@@ -62,7 +64,8 @@ def _fires_once_then_resolves(webhook, rule: AlertRule, key: str, clear) -> None
     cycle()
     assert webhook.events() == [("fired", key), ("resolved", key)]
     alert.refresh_from_db()
-    assert alert.state == Alert.State.RESOLVED and alert.resolved_at is not None
+    assert alert.state == Alert.State.RESOLVED
+    assert alert.resolved_at is not None
     assert list(alert.deliveries.values_list("event", "status", "attempts")) == [
         ("fired", "sent", 1),
         ("resolved", "sent", 1),
@@ -107,7 +110,9 @@ def test_node_offline_fires_and_resolves_when_it_heartbeats_again(webhook):
         webhook,
         rule,
         f"node:{node.name}",
-        lambda: Node.objects.filter(pk=node.pk).update(status=Node.Status.ONLINE, last_heartbeat_at=timezone.now()),
+        lambda: Node.objects.filter(pk=node.pk).update(
+            status=Node.Status.ONLINE, last_heartbeat_at=timezone.now()
+        ),
     )
 
 
@@ -212,17 +217,23 @@ def test_webhook_to_a_forbidden_address_is_refused(webhook, settings):
     assert "target" in excinfo.value.message_dict
     # A name that resolves to loopback passes creation (no DNS then) and is refused when sending.
     rule = alert_rule_create(
-        name="sneaky", kind="node_offline", channel="webhook", target=webhook.url.replace("127.0.0.1", "localhost")
+        name="sneaky",
+        kind="node_offline",
+        channel="webhook",
+        target=webhook.url.replace("127.0.0.1", "localhost"),
     )
     NodeFactory(status=Node.Status.OFFLINE)
     cycle()
     delivery = AlertDelivery.objects.get(alert__rule=rule)
-    assert delivery.status == "failed" and "loopback" in delivery.last_error
+    assert delivery.status == "failed"
+    assert "loopback" in delivery.last_error
     assert webhook.requests == []
 
 
 def test_email_and_log_channels(mailoutbox, caplog):
-    alert_rule_create(name="mail", kind="node_offline", channel="email", target="ops@example.com, b@example.com")
+    alert_rule_create(
+        name="mail", kind="node_offline", channel="email", target="ops@example.com, b@example.com"
+    )
     alert_rule_create(name="log", kind="node_offline", channel="log")
     node = NodeFactory(status=Node.Status.OFFLINE)
     with caplog.at_level(logging.WARNING, logger="monitoring.channels"):
@@ -230,7 +241,8 @@ def test_email_and_log_channels(mailoutbox, caplog):
         cycle()
     assert len(mailoutbox) == 1
     assert mailoutbox[0].to == ["ops@example.com", "b@example.com"]
-    assert node.name in mailoutbox[0].subject and "FIRED" in mailoutbox[0].subject
+    assert node.name in mailoutbox[0].subject
+    assert "FIRED" in mailoutbox[0].subject
     assert [r.getMessage() for r in caplog.records if "alert fired (log)" in r.getMessage()] == [
         f"alert fired (log): node {node.name} is offline"
     ]

@@ -56,22 +56,27 @@ def running_cluster(transactional_db, settings, make_user):
     for hours in range(0, 20, 2):
         at = now - timedelta(hours=hours)
         for i, status in enumerate(["succeeded", "succeeded", "failed"]):
-            Execution.objects.create(job=job, scheduled_for=at - timedelta(seconds=i), status=status,
-                                     started_at=at - timedelta(seconds=5), finished_at=at, error="exit 1" * (status == "failed"))  # fmt: skip
+            error = "exit 1" if status == "failed" else ""
+            Execution.objects.create(
+                job=job, scheduled_for=at - timedelta(seconds=i + 1), status=status, error=error,
+                started_at=at - timedelta(seconds=5), finished_at=at,
+            )  # fmt: skip
     dead = Execution.objects.create(job=job, scheduled_for=now - timedelta(days=1), status="dead",
                                     finished_at=now, error="gave up")  # fmt: skip
     DeadLetter.objects.create(job=job, execution=dead, error="gave up")
     return running
 
 
-def test_dashboard_after_login_shows_chart_node_bars_and_progress(live_server, browser, running_cluster, tmp_path):
+def test_dashboard_after_login_shows_chart_node_bars_and_progress(
+    live_server, browser, running_cluster, tmp_path
+):
     browser.get(f"{live_server.url}/dashboard/")
-    assert "/admin/login/" in browser.current_url  # login required
+    assert "/dashboard/login/" in browser.current_url  # login required
     browser.find_element(By.NAME, "username").send_keys("ops")
     browser.find_element(By.NAME, "password").send_keys("correct horse battery staple")
-    browser.find_element(By.CSS_SELECTOR, "input[type=submit]").click()
+    browser.find_element(By.ID, "sign-in").click()
     wait = WebDriverWait(browser, 30)
-    wait.until(lambda d: d.current_url.endswith("/dashboard/"))
+    wait.until(lambda d: d.current_url == f"{live_server.url}/dashboard/")
 
     chart = browser.find_element(By.CSS_SELECTOR, "svg#throughput-chart")
     assert chart.is_displayed()
@@ -79,20 +84,25 @@ def test_dashboard_after_login_shows_chart_node_bars_and_progress(live_server, b
     assert chart.find_element(By.CSS_SELECTOR, "rect.failed").get_attribute("height") is not None
     cpu = browser.find_element(By.CSS_SELECTOR, ".node-row .cpu-bar .allocated")
     assert cpu.value_of_css_property("width") != "0px"
-    assert "width: 50.0%" in (cpu.get_attribute("style") or "")
+    assert "width: 50%" in (cpu.get_attribute("style") or "")
     memory = browser.find_element(By.CSS_SELECTOR, ".node-row .memory-bar .allocated")
-    assert "width: 50.0%" in (memory.get_attribute("style") or "")
+    assert "width: 50%" in (memory.get_attribute("style") or "")
     progress = browser.find_element(By.CSS_SELECTOR, ".running-row progress.progress")
-    assert progress.is_displayed() and float(progress.get_attribute("value") or 0) == 40.0
+    assert progress.is_displayed()
+    assert float(progress.get_attribute("value") or 0) == 40.0
     row = browser.find_element(By.CSS_SELECTOR, ".running-row").text
-    assert "nightly-report" in row and "w1@box" in row and " s" in row
+    assert "nightly-report" in row
+    assert "w1@box" in row
+    assert " s" in row
     assert "gave up" in browser.find_element(By.ID, "dead-letters").text
     assert browser.find_element(By.ID, "flower-link").get_attribute("href")
 
     # The page refreshes itself: a progress report made now shows up without reloading.
     Execution.objects.filter(pk=running_cluster.pk).update(progress=80.0)
     wait.until(
-        lambda d: float(d.find_element(By.CSS_SELECTOR, ".running-row progress").get_attribute("value") or 0) == 80
+        lambda d: (
+            float(d.find_element(By.CSS_SELECTOR, ".running-row progress").get_attribute("value") or 0) == 80
+        )
     )
     shot = tmp_path / "dashboard.png"
     assert browser.save_screenshot(str(shot))

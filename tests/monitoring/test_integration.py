@@ -53,7 +53,9 @@ def test_readyz_turns_503_when_the_worker_stops_and_200_when_it_returns(start_wo
     status, checks = wait_for(lambda: (r := _ready(client))[0] == 503 and r, timeout=30, what="/readyz 503")
     assert checks == {"database": True, "broker": True, "workers": False, "beat": True}
     worker = start_worker(name=NAME, concurrency=1, **FAST)
-    wait_for(lambda: _ready(client)[0] == 200, timeout=90, what=f"/readyz 200 again; log:\n{worker.log()[-3000:]}")
+    wait_for(
+        lambda: _ready(client)[0] == 200, timeout=90, what=f"/readyz 200 again; log:\n{worker.log()[-3000:]}"
+    )
     lease.release()
     assert _ready(client) == (503, {"database": True, "broker": True, "workers": True, "beat": False})
     assert Client().get("/healthz").status_code == 200  # liveness does not depend on workers or beat
@@ -70,7 +72,9 @@ def test_metrics_and_an_alert_after_real_executions(start_worker, settings, webh
     job_trigger(job=ok)
     failed = job_trigger(job=bad)
     finished = Execution.objects.filter(finished_at__isnull=False)
-    wait_for(lambda: finished.count() == 2, timeout=60, what=f"two finished runs; log:\n{worker.log()[-3000:]}")
+    wait_for(
+        lambda: finished.count() == 2, timeout=60, what=f"two finished runs; log:\n{worker.log()[-3000:]}"
+    )
     m = scrape()
     assert value(m, "scheduler_executions", status="succeeded") == 1
     assert value(m, "scheduler_executions", status="dead") == 1  # no retries: dead at once
@@ -89,8 +93,10 @@ def test_metrics_and_an_alert_after_real_executions(start_worker, settings, webh
     wait_for(lambda: webhook.events(), timeout=60, what=f"the alert webhook; log:\n{worker.log()[-3000:]}")
     current_app.send_task("monitoring.evaluate_alerts")
     wait_for(
-        lambda: AlertDelivery.objects.filter(alert__rule=rule).count() == 1
-        and not AlertDelivery.objects.exclude(status="sent").exists(),
+        lambda: (
+            AlertDelivery.objects.filter(alert__rule=rule).count() == 1
+            and not AlertDelivery.objects.exclude(status="sent").exists()
+        ),
         timeout=30,
         what="one sent delivery",
     )

@@ -21,8 +21,9 @@ pytestmark = pytest.mark.django_db
 
 def _execution(status: str = Execution.Status.RUNNING, job=None, **extra) -> Execution:
     now = timezone.now()
+    job = job if job is not None else JobFactory.create()
     return Execution.objects.create(
-        job=job or JobFactory(),
+        job=job,
         scheduled_for=now + timedelta(microseconds=Execution.objects.count()),
         status=status,
         started_at=now,
@@ -88,7 +89,9 @@ def test_log_api_scopes_executions_to_their_owner(make_user, client_for):
     assert response.json() == {"text": "output\n", "next_offset": 14, "complete": False, "status": "running"}
     assert client_for(bob).get(url).status_code == 404
     assert client_for(make_user("op", "operator")).get(url).status_code == 200
-    assert client_for(alice).get(url, {"offset": -1}).json() == {"offset": ["Ensure this value is greater than or equal to 0."]}
+    assert client_for(alice).get(url, {"offset": -1}).json() == {
+        "offset": ["Ensure this value is greater than or equal to 0."]
+    }
     assert client_for(alice).get(f"/api/v1/executions/{execution.pk + 999}/log/").status_code == 404
 
 
@@ -114,7 +117,9 @@ def test_logs_query_filters_by_job_node_status_time_and_text(make_user, client_f
     assert ids(since=(timezone.now() + timedelta(minutes=1)).isoformat()) == []
     assert len(ids(until=(timezone.now() + timedelta(minutes=1)).isoformat())) == 3
     row = api.get("/api/v1/logs/", {"contains": "KeyError", "status": "failed"}).json()["results"][0]
-    assert "KeyError 'x'" in row["excerpt"] and row["node"] == node.name and row["job_name"] == job.name
+    assert "KeyError 'x'" in row["excerpt"]
+    assert row["node"] == node.name
+    assert row["job_name"] == job.name
     assert api.get("/api/v1/logs/", {"status": "nope"}).status_code == 400
 
 
@@ -142,7 +147,8 @@ def test_retention_prunes_old_finished_executions_but_keeps_dead_letters(setting
 
 def test_retention_runs_daily_from_beat(settings):
     entry = settings.CELERY_BEAT_SCHEDULE["monitoring.prune_retention"]
-    assert entry["task"] == "monitoring.prune_retention" and entry["schedule"] == 24 * 3600
+    assert entry["task"] == "monitoring.prune_retention"
+    assert entry["schedule"] == 24 * 3600
     assert settings.CELERY_BEAT_SCHEDULE["monitoring.evaluate_alerts"]["task"] == "monitoring.evaluate_alerts"
 
 

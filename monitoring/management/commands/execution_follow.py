@@ -11,7 +11,6 @@ from django.db import DatabaseError, InterfaceError, close_old_connections, conn
 from jobs.models import Execution
 from monitoring.selectors import log_read
 
-
 MAX_DB_ERRORS = 30  # consecutive failed polls before giving up
 
 
