@@ -211,6 +211,8 @@ class Execution(models.Model):
             models.Index(fields=["job", "-scheduled_for"]),
             models.Index(fields=["status", "created_at"]),
             models.Index(fields=["node", "status"]),
+            # Metrics, dashboard and retention read executions finished in a time window.
+            models.Index(fields=["finished_at"], name="execution_finished_at"),
             models.Index(
                 fields=["created_at"],
                 condition=Q(status__in=["pending", "queued", "running"]),

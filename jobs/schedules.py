@@ -63,7 +63,12 @@ def _datetime(value: Any, tz: ZoneInfo) -> datetime:
     )
     if parsed is None:
         raise ValueError("must be an ISO-8601 date and time")
-    return parsed.replace(tzinfo=tz) if timezone.is_naive(parsed) else parsed
+    aware = parsed.replace(tzinfo=tz) if timezone.is_naive(parsed) else parsed
+    # PostgreSQL stores UTC: refuse here what it would refuse (years past 9999 once in UTC).
+    try:
+        return aware.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("is out of the supported range of dates") from None
 
 
 def _positive_int(value: Any) -> int:

@@ -13,14 +13,13 @@ import django_filters
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema, extend_schema_view
 from rest_framework import mixins, serializers, status, viewsets
-from rest_framework.exceptions import ValidationError
 from rest_framework.permissions import IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import IsOperatorOrReadOnly, scope_to_user
-from jobs.api.base import ApiSchema, ApiViewMixin, Conflict
+from jobs.api.base import ApiSchema, ApiViewMixin, Conflict, service_errors
 from jobs.api.fields import Integer, Number, Text
 from jobs.api.filters import IdFilter, StrictBooleanFilter, StrictFilterSet
 from jobs.api.serializers import INT32_MAX, LabelsField
@@ -148,15 +147,6 @@ class AllocationFilter(StrictFilterSet):
 # --- views ------------------------------------------------------------------------------------
 
 
-def _node_errors(exc: ValueError) -> dict[str, list[str]]:
-    # node_register raises ValueError("field: message") or a plain message.
-    message = str(exc)
-    field, sep, rest = message.partition(": ")
-    if sep and field in NodeSerializer.Meta.fields:
-        return {field: [rest]}
-    return {"non_field_errors": [message]}
-
-
 @extend_schema_view(
     list=extend_schema(summary="List nodes with capacity, allocated and live usage"),
     retrieve=extend_schema(summary="A node"),
@@ -199,7 +189,7 @@ class NodeViewSet(
         serializer.is_valid(raise_exception=True)
         data = serializer.validated_data
         existed = Node.objects.filter(name=data["name"]).exists()
-        try:
+        with service_errors():
             node = services.node_register(
                 name=data["name"],
                 hostname=data.get("hostname") or data["name"].partition("@")[2],
@@ -209,8 +199,6 @@ class NodeViewSet(
                 labels=data.get("labels") or {},
                 version=data.get("version", ""),
             )
-        except ValueError as exc:
-            raise ValidationError(_node_errors(exc)) from None
         return self._node_response(node.name, status.HTTP_200_OK if existed else status.HTTP_201_CREATED)
 
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:

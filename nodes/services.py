@@ -9,6 +9,7 @@ from decimal import Decimal
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
 from django.db import transaction
 from django.db.models.functions import Now
 from django.utils import timezone
@@ -62,10 +63,19 @@ def node_register(
     version: str,
 ) -> Node:
     """Create or update the node a starting worker runs as, and mark it online."""
+    errors: dict[str, str] = {}
     if "@" not in name:
-        raise ValueError(f"name: {name!r} must be NAME@HOST (celery worker -n)")
-    if cpu_capacity <= 0 or memory_mb_capacity <= 0:
-        raise ValueError("cpu_capacity and memory_mb_capacity must be positive")
+        errors["name"] = f"{name!r} must be NAME@HOST (celery worker -n)"
+    if cpu_capacity <= 0:
+        errors["cpu_capacity"] = "must be positive"
+    if memory_mb_capacity <= 0:
+        errors["memory_mb_capacity"] = "must be positive"
+    if not isinstance(labels, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, str | int | float | bool) for k, v in labels.items()
+    ):
+        errors["labels"] = 'must be an object of label names to plain values, e.g. {"region": "eu"}'
+    if errors:
+        raise ValidationError(errors)
     node, created = Node.objects.select_for_update().update_or_create(
         name=name,
         defaults={

@@ -42,9 +42,9 @@ def test_operator_registers_and_reregisters_a_node(as_olga):
     ("overrides", "field"),
     [
         ({"name": "no-at-sign"}, "name"),
-        ({"cpu_capacity": 0}, "non_field_errors"),
+        ({"cpu_capacity": 0}, "cpu_capacity"),
         ({"cpu_capacity": "many"}, "cpu_capacity"),
-        ({"memory_mb_capacity": -1}, "non_field_errors"),
+        ({"memory_mb_capacity": -1}, "memory_mb_capacity"),
         ({"memory_mb_capacity": "1GB"}, "memory_mb_capacity"),
         ({"cpu_capacity": "2"}, "cpu_capacity"),
         ({"ip_address": "999.1.1.1"}, "ip_address"),

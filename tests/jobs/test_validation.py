@@ -58,6 +58,18 @@ def _refused(field: str, **kwargs) -> str:
         ("schedule.every_seconds", {"schedule": {"type": "interval", "every_seconds": 0}}),
         ("schedule.every_seconds", {"schedule": {"type": "interval"}}),
         ("schedule.run_at", {"schedule": {"type": "once", "run_at": "2001-01-01T00:00:00Z"}}),
+        # Naive, in a zone west of UTC: past year 9999 once converted, which PostgreSQL cannot store.
+        (
+            "schedule.end_at",
+            {
+                "schedule": {
+                    "type": "cron",
+                    "cron_expression": "0 * * * *",
+                    "timezone": "America/Los_Angeles",
+                    "end_at": "9999-12-31T23:00:00",
+                }
+            },
+        ),
         ("schedule.run_at", {"schedule": {"type": "once", "run_at": "tomorrow"}}),
         ("schedule.run_at", {"schedule": {"type": "once"}}),
         ("schedule.max_runs", {"schedule": {"type": "interval", "every_seconds": 5, "max_runs": 0}}),

@@ -7,6 +7,7 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from django.core.exceptions import ValidationError
 from django.utils import timezone
 
 from nodes.models import Node
@@ -63,10 +64,15 @@ def test_register_creates_then_updates_and_brings_back_online():
 
 @pytest.mark.django_db
 def test_register_refuses_bad_input():
-    with pytest.raises(ValueError, match="NAME@HOST"):
+    with pytest.raises(ValidationError) as info:
         register(name="nohost")
-    with pytest.raises(ValueError, match="positive"):
+    assert "NAME@HOST" in info.value.message_dict["name"][0]
+    with pytest.raises(ValidationError) as info:
         register(cpu_capacity=Decimal("0"))
+    assert info.value.message_dict == {"cpu_capacity": ["must be positive"]}
+    with pytest.raises(ValidationError) as info:
+        register(labels="gpu=yes")
+    assert list(info.value.message_dict) == ["labels"]
     assert not Node.objects.exists()
 
 
