@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
@@ -105,6 +106,38 @@ def _cleaners() -> dict[str, Any]:
     }
 
 
+MAX_JSON_DEPTH = 64
+
+
+def json_storable_problem(value: Any) -> str | None:
+    """Why a JSON value cannot be stored (too deep, NUL or lone surrogates), or None."""
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+        if isinstance(item, dict):
+            stack.extend((k, depth) for k in item)
+            stack.extend((v, depth + 1) for v in item.values())
+        elif isinstance(item, list):
+            stack.extend((v, depth + 1) for v in item)
+        elif isinstance(item, str) and ("\x00" in item or any("\ud800" <= ch <= "\udfff" for ch in item)):
+            # PostgreSQL stores neither in text or jsonb.
+            return "JSON strings must not contain NUL characters or lone surrogates"
+    return None
+
+
+def _payload_envelope_error(payload: Any) -> str | None:
+    """Size and storability of a payload, whatever its kind (the API, admin and commands all pass here)."""
+    problem = json_storable_problem(payload)
+    if problem:
+        return problem
+    limit = settings.SCHEDULER_MAX_PAYLOAD_BYTES
+    if len(json.dumps(payload, separators=(",", ":")).encode()) > limit:
+        return f"must be at most {limit} bytes as JSON"
+    return None
+
+
 def job_input_clean(
     data: Mapping[str, Any], *, schedule: Any = None, check_schedule: bool = True
 ) -> tuple[dict[str, Any], ScheduleSpec | None]:
@@ -120,7 +153,11 @@ def job_input_clean(
             errors[name] = str(exc)
     kind = data.get("kind")
     fields["kind"], fields["payload"] = kind, data.get("payload")
-    errors.update(payload_errors(str(kind), data.get("payload")))
+    envelope_error = _payload_envelope_error(data.get("payload"))
+    if envelope_error:
+        errors["payload"] = envelope_error
+    else:
+        errors.update(payload_errors(str(kind), data.get("payload")))
     if (
         "retry_backoff_max_seconds" not in errors
         and "retry_backoff_seconds" not in errors

@@ -26,6 +26,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
+from ..validation import MAX_JSON_DEPTH, json_storable_problem
 from .filters import StrictOrderingFilter
 
 NON_FIELD = "non_field_errors"
@@ -47,27 +48,6 @@ class Conflict(exceptions.APIException):
     default_code = "conflict"
 
 
-MAX_JSON_DEPTH = 64
-
-
-def _json_problem(value: Any) -> str | None:
-    """Why a parsed JSON body cannot be stored (too deep, NUL or lone surrogates), or None."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
-        if isinstance(item, dict):
-            stack.extend((k, depth) for k in item)
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-        elif isinstance(item, str) and ("\x00" in item or any("\ud800" <= ch <= "\udfff" for ch in item)):
-            # PostgreSQL stores neither in text or jsonb.
-            return "JSON strings must not contain NUL characters or lone surrogates"
-    return None
-
-
 class LimitedJSONParser(JSONParser):
     """JSON bodies up to DATA_UPLOAD_MAX_MEMORY_SIZE bytes (DRF streams JSON past Django's own check)."""
 
@@ -83,7 +63,7 @@ class LimitedJSONParser(JSONParser):
             raise exceptions.ParseError(f"JSON parse error - {exc}") from None
         except RecursionError:
             raise exceptions.ParseError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
-        problem = _json_problem(data)
+        problem = json_storable_problem(data)
         if problem:
             raise exceptions.ParseError(problem)
         return data

@@ -177,3 +177,17 @@ def test_idempotency_key_returns_the_same_job():
     again = job_create(owner=user, name="a", kind="python", payload=ECHO, idempotency_key="k1")
     assert first.pk == again.pk
     assert Job.objects.count() == 1
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        {"handler": "echo", "kwargs": {"message": "nul \x00 inside"}},
+        {"handler": "echo", "kwargs": {"message": "x" * 3_000_000}},
+    ],
+    ids=["nul-character", "oversized"],
+)
+def test_payload_postgres_cannot_store_or_too_big_is_refused_by_the_service(payload):
+    # The admin and manage.py reach job_create without the API's parser: the service itself refuses.
+    message = _refused("payload", payload=payload)
+    assert "NUL" in message or "bytes as JSON" in message
