@@ -52,8 +52,8 @@ def make_rows(n: int, every: int, lead: float) -> dict[str, datetime]:
         # Existing schedules, edited long ago, whose slots are spread evenly over one interval.
         cursor.execute(
             f"UPDATE {PeriodicTask._meta.db_table} SET date_changed = %s, "  # noqa: S608
-            "start_time = %s + (substring(name from 7)::int * %s)",
-            [t0 - timedelta(days=1), t0, step],
+            "start_time = %s + substring(name from 7)::int * %s * interval '1 microsecond'",
+            [t0 - timedelta(days=1), t0, step // timedelta(microseconds=1)],
         )
     PeriodicTasks.update_changed()
     return {f"bench:{i}": t0 + i * step for i in range(n)}

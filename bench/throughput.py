@@ -27,8 +27,8 @@ def start_worker(concurrency: int) -> subprocess.Popen[bytes]:
         os.environ,
         DATABASE_URL=BENCH_DATABASE_URL,
         CELERY_BROKER_URL=BENCH_BROKER_URL,
-        SCHEDULER_NODE_CPU="100000",
-        SCHEDULER_NODE_MEMORY_MB="100000000",
+        SCHEDULER_NODE_CPU="9000",
+        SCHEDULER_NODE_MEMORY_MB="10000000",
         SCHEDULER_MISFIRE_GRACE_SECONDS="3600",
         SCHEDULER_HEARTBEAT_SECONDS="2",
     )

@@ -49,6 +49,19 @@ def _clean_test_redis() -> Iterator[None]:
 
 
 @pytest.fixture
+def in_test_transaction(db) -> Iterator[None]:
+    """Let the project's WSGI application run inside the test's transaction (as Django's test client does)."""
+    from django.core.signals import request_finished, request_started
+    from django.db import close_old_connections
+
+    request_started.disconnect(close_old_connections)
+    request_finished.disconnect(close_old_connections)
+    yield
+    request_started.connect(close_old_connections)
+    request_finished.connect(close_old_connections)
+
+
+@pytest.fixture
 def redis_client() -> redis.Redis:
     return redis.Redis.from_url(settings.CELERY_BROKER_URL)
 
