@@ -10,6 +10,7 @@ from django.http import HttpRequest
 
 from ..models import Execution, Job, JobSchedule
 from ..services import job_delete, job_pause, job_resume, job_trigger
+from .executions import ReadOnlyAdmin
 from .forms import JobAdminForm
 
 
@@ -133,19 +134,10 @@ class JobAdmin(admin.ModelAdmin):
 
 
 @admin.register(JobSchedule)
-class JobScheduleAdmin(admin.ModelAdmin):
+class JobScheduleAdmin(ReadOnlyAdmin):
     """Read-only: schedules are edited on their job (one service keeps beat in sync)."""
 
     list_display = ["job", "type", "__str__", "next_run_at", "last_run_at", "total_runs", "max_runs"]
     list_filter = ["type"]
     search_fields = ["job__name"]
     list_select_related = ["job"]
-
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False
-
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
-
-    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return False
