@@ -291,7 +291,12 @@ def periodic_task_sync(*, job: Job) -> PeriodicTask | None:
         setattr(task, field, value)
     task.task = "jobs.fire"
     task.kwargs = json.dumps({"job_id": job.pk})
-    task.start_time = schedule.start_at
+    if schedule.type == JobSchedule.Type.INTERVAL and schedule.start_at is None:
+        # Beat's grid must be the one next_run_at uses: first slot one interval after the creation second.
+        every = timedelta(seconds=schedule.every_seconds or 1)
+        task.start_time = interval_anchor(schedule, job.created_at) + every
+    else:
+        task.start_time = schedule.start_at
     task.expires = schedule.end_at
     task.description = f"{job.name} ({schedule})"[:2000]
     task.enabled = job.status == Job.Status.ACTIVE and schedule.next_run_at is not None
