@@ -32,16 +32,18 @@ def test_submit_from_flags_and_list(shell_user):
         shell_user.username,
         "--name",
         "hello",
-        "--command",
-        "echo",
-        "hi",
         "--every",
         "30",
+        # Given last, --command takes everything after it, options of the program included.
+        "--command",
+        "sh",
+        "-c",
+        "echo hi",
     )
     job = Job.objects.get(name="hello")
     assert f"created job {job.pk}" in out
     assert "next run" in out
-    assert job.payload == {"command": ["echo", "hi"]}
+    assert job.payload == {"command": ["sh", "-c", "echo hi"]}
     assert job.schedule.every_seconds == 30
     listing = _call("job_list")
     assert "hello" in listing

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,11 @@ class Command(BaseCommand):
         parser.add_argument("--name")
         parser.add_argument("--kind", choices=["shell", "http", "python"])
         parser.add_argument("--payload", help="the payload as JSON")
-        parser.add_argument("--command", nargs="+", help="shell job argv (shorthand for --payload)")
+        parser.add_argument(
+            "--command",
+            nargs=argparse.REMAINDER,
+            help="shell job argv, given last: everything after it is the command (--command sh -c 'echo hi')",
+        )
         parser.add_argument("--handler", help="python job handler (shorthand for --payload)")
         parser.add_argument("--every", type=int, help="interval schedule: every N seconds")
         parser.add_argument("--cron", help="cron schedule: 5 fields")
