@@ -22,8 +22,9 @@ $(VENV)/.installed-dev: $(VENV)/.installed requirements-dev.txt
 venv: $(VENV)/.installed
 venv-dev: $(VENV)/.installed-dev
 
-## make up: embedded or configured PostgreSQL + Redis, migrate, admin user, then web, beat, worker, flower.
-## Ctrl-C stops the four processes (honcho); embedded servers keep running for a fast restart (`make stop`).
+## make up: embedded or configured PostgreSQL + Redis, migrate, admin user, then web, beat, worker, flower
+## under supervisord (config generated from the Procfile; a process that dies is restarted). Ctrl-C stops
+## the four processes; embedded servers keep running for a fast restart (`make stop`).
 up: venv
 	@exports="$$($(PY) -m scheduler_project.devservers env up)"; \
 	eval "$$exports"; \
@@ -31,7 +32,8 @@ up: venv
 	$(PY) manage.py ensure_admin; \
 	$(PY) -m scheduler_project.devservers banner; \
 	export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; \
-	exec $(VENV)/bin/honcho start -f Procfile -e "$$(cd "$${SCHEDULER_VAR_DIR:-var}" && pwd)/env"
+	conf="$$($(PY) -m scheduler_project.supervise config)"; \
+	exec $(VENV)/bin/supervisord --nodaemon --configuration "$$conf"
 
 ## make browser: Debian's chromium + chromium-driver for the dashboard's browser test (apt-get only if absent).
 browser:

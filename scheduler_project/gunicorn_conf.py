@@ -1,7 +1,7 @@
 """gunicorn settings for the `web` process (Procfile and docker-compose.yml run the same command).
 
 Read from the environment so one command line serves both: SCHEDULER_WEB_HOST (127.0.0.1; 0.0.0.0 in a
-container), SCHEDULER_WEB_PORT (8000) and SCHEDULER_WEB_WORKERS (2). honcho's own PORT is ignored on purpose.
+container), SCHEDULER_WEB_PORT (8000) and SCHEDULER_WEB_WORKERS (2). A process manager's PORT is ignored.
 """
 
 import os

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import signal
 from datetime import UTC, datetime, timedelta
 
@@ -64,3 +65,35 @@ def test_two_beats_give_one_execution_per_slot_and_hand_over(start_worker, start
     assert {attempt for _, attempt, _ in executions} == {1}
     assert all((slot - start) % timedelta(seconds=1) == timedelta(0) for slot in slots)
     assert Execution.Status.FAILED not in {status for _, _, status in executions}
+
+
+def test_two_beats_both_firing_every_slot_for_a_minute_give_one_execution_per_slot(
+    start_worker, start_beat
+) -> None:
+    # Without the lease to keep one of them quiet, the unique (job, slot, attempt) constraint is what holds.
+    worker = start_worker(name="bw2@testhost", concurrency=2, queues="default", **FAST)
+    wait_for(
+        lambda: Node.objects.filter(name="bw2@testhost", status=Node.Status.ONLINE).exists(),
+        timeout=90,
+        what=f"the worker's node; log:\n{worker.log()[-2000:]}",
+    )
+    start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
+    job = job_create(
+        owner=UserFactory(),
+        name="double-fired",
+        kind="python",
+        payload={"handler": "echo", "kwargs": {"message": "tick"}},
+        schedule={"type": "interval", "every_seconds": 1, "start_at": start.isoformat()},
+    )
+    for label in ("free1", "free2"):
+        start_beat(label, scheduler="tests.jobs.beat_variants:UnleasedScheduler", **BEAT)
+    done = Execution.objects.filter(job=job, status=Execution.Status.SUCCEEDED)
+    wait_for(lambda: done.count() >= 50, timeout=180, what=f"50 runs; worker log:\n{worker.log()[-2000:]}")
+
+    executions = list(Execution.objects.filter(job=job).values_list("scheduled_for", "attempt"))
+    slots = [slot for slot, _ in executions]
+    assert len(slots) == len(set(slots)), "one execution per slot"
+    assert {attempt for _, attempt in executions} == {1}
+    # Both beats really fired: the worker received about two fires per execution.
+    fires = len(re.findall(r"Task jobs\.fire\[[^\]]+\] received", worker.log()))
+    assert fires >= 1.5 * len(executions), (fires, len(executions))

@@ -1,13 +1,15 @@
 """`make up` for real: embedded PostgreSQL and Redis, migrate, admin, then web, beat, worker and Flower.
 
 Runs the real Makefile target in a throwaway var dir on free ports (with .venv already present), checks
-every process answers, stops it with a signal the way Ctrl-C does, then runs it again on the same data.
+every process answers, SIGKILLs the worker and sees supervisord start a new one while the others keep
+running, stops it with a signal the way Ctrl-C does, then runs it again on the same data.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -146,6 +148,16 @@ def worker_answers_ping(up: Up) -> bool:
     return result.returncode == 0 and "pong" in result.stdout
 
 
+def supervised_pid(up: Up, name: str) -> int | None:
+    """The pid supervisord reports for program `name` (None while it is not running)."""
+    result = subprocess.run(
+        [str(ROOT / ".venv/bin/supervisorctl"), "-c", str(up.var / "supervisord.conf"), "pid", name],
+        cwd=ROOT, capture_output=True, text=True, timeout=30, check=False,
+    )  # fmt: skip
+    pid = result.stdout.strip()
+    return int(pid) if pid.isdigit() and int(pid) > 0 else None
+
+
 def process_tree(proc: subprocess.Popen) -> list[psutil.Process]:
     with contextlib.suppress(psutil.NoSuchProcess):
         return [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
@@ -183,11 +195,37 @@ def test_make_up_runs_everything_stops_cleanly_and_reuses_its_data(up):
     assert status(flower, auth=("admin", flower_password)) == 200
     assert status(flower, auth=("admin", "wrong")) == 401
 
-    # Ctrl-C: the terminal signals the whole foreground group; honcho stops every process.
+    # Every line of output names its process.
+    assert re.search(r"^web +\| .*Listening at", up.log(), re.MULTILINE), up.log()
+    assert re.search(r"^worker +\| .*ready\.", up.log(), re.MULTILINE), up.log()
+
+    # SIGKILL the worker: supervisord starts a new one, which answers again; the others keep running.
+    pids = {name: supervised_pid(up, name) for name in ("web", "beat", "worker", "flower")}
+    assert all(pids.values()), pids
+    worker = psutil.Process(pids["worker"])
+    assert worker in process_tree(make)  # only ever kill a process this test started
+    pool = worker.children(recursive=True)
+    worker.kill()
+    wait_for(
+        lambda: supervised_pid(up, "worker") not in (None, pids["worker"]), 60, what="a new worker process"
+    )
+    assert "exited: worker (terminated by SIGKILL; not expected)" in up.log()
+    wait_for(lambda: worker_answers_ping(up), 90, what="celery inspect ping answered by the new worker")
+    assert healthy(up)
+    assert {name: supervised_pid(up, name) for name in ("web", "beat", "flower")} == {
+        name: pids[name] for name in ("web", "beat", "flower")
+    }
+    assert make.poll() is None
+    # The killed worker's pool processes do not outlive it.
+    wait_for(lambda: not any(alive(p) for p in pool), 30, what="the killed worker's pool processes to exit")
+
+    # Ctrl-C: the terminal signals the whole foreground group; supervisord stops every program in order.
     os.killpg(make.pid, signal.SIGINT)
     make.wait(timeout=60)
     wait_for(lambda: not any(alive(p) for p in tree), 30, what="every process of make up to exit")
     assert status(up.url("/healthz")) is None
+    assert "Warm shutdown" in up.log()  # the worker was asked to stop, not killed
+    assert "stopped: worker (exit status 0)" in up.log()
     # The embedded servers are daemons that outlive Ctrl-C (documented; `make stop` stops them).
     socket.create_connection(("127.0.0.1", up.ports["pg"]), timeout=5).close()
 
