@@ -141,7 +141,8 @@ def test_sigkill_of_a_node_mid_job_loses_nothing_and_runs_the_next_attempt_elsew
     }
     start_beat(scheduler="celery.beat:PersistentScheduler", **FAST)
     wait_for(lambda: online(*workers), timeout=90, what="two nodes online")
-    job = submit(UserFactory(), seconds=8, max_retries=2, retry_backoff_seconds=1, retry_jitter=False)
+    # The 20-second job of the issue: killed mid-run, it must finish on the other node as attempt 2.
+    job = submit(UserFactory(), seconds=20, max_retries=2, retry_backoff_seconds=1, retry_jitter=False)
     first = wait_for(
         lambda: (
             Execution.objects.filter(job=job, attempt=1, status=Execution.Status.RUNNING)
