@@ -39,8 +39,6 @@ def _publish_execute(*, execution_id: int, queue: str, priority: int, timeout_se
 @transaction.atomic
 def execution_dispatch(*, execution_id: int) -> bool:
     """pending -> queued on a node with room; publish "jobs.execute" on commit. False if it stays pending."""
-    from nodes.placement import allocation_reserve  # nodes imports jobs: import at call time
-
     execution = (
         Execution.objects.select_for_update()
         .select_related("job")
@@ -49,15 +47,26 @@ def execution_dispatch(*, execution_id: int) -> bool:
     )
     if execution is None:
         return False
-    placement = allocation_reserve(execution=execution)
+    return _dispatch_locked(execution, fresh=False)
+
+
+def _dispatch_locked(execution: Execution, *, fresh: bool) -> bool:
+    """Place a pending execution whose row this transaction holds (locked, or inserted by it: `fresh`)."""
+    from nodes.placement import allocation_reserve  # nodes imports jobs: import at call time
+
+    placement = allocation_reserve(execution=execution, fresh=fresh)
     if placement.allocation is None:
-        Execution.objects.filter(pk=execution_id).update(pending_reason=placement.reason[:255])
+        Execution.objects.filter(pk=execution.pk).update(pending_reason=placement.reason[:255])
+        execution.pending_reason = placement.reason[:255]
         return False
     node = placement.allocation.node
-    Execution.objects.filter(pk=execution_id, status=Execution.Status.PENDING).update(
-        status=Execution.Status.QUEUED, node=node, queued_at=timezone.now(), pending_reason=""
+    now = timezone.now()
+    Execution.objects.filter(pk=execution.pk, status=Execution.Status.PENDING).update(
+        status=Execution.Status.QUEUED, node=node, queued_at=now, pending_reason=""
     )
-    job = execution.job
+    execution.status, execution.node, execution.queued_at = Execution.Status.QUEUED, node, now
+    execution.pending_reason = ""
+    execution_id, job = execution.pk, execution.job
     transaction.on_commit(
         lambda: _publish_execute(
             execution_id=execution_id,
@@ -174,7 +183,10 @@ def _slot_execution(job: Job, slot: datetime, trigger: str, **extra: object) -> 
 def execution_start(
     *, job: Job, slot: datetime, trigger: str, schedule: JobSchedule | None = None, **extra: object
 ) -> Execution | None:
-    """Create the execution for a slot, apply misfire and concurrency policies, dispatch it (job locked)."""
+    """Create the execution for a slot, apply misfire and concurrency policies, dispatch it (job locked).
+
+    Call inside transaction.atomic() (fire and job_trigger hold the job's row lock).
+    """
     now = timezone.now()
     execution = _slot_execution(job, slot, trigger, **extra)
     if execution is None:
@@ -188,8 +200,9 @@ def execution_start(
         )
         execution.refresh_from_db()
         return execution
-    execution_dispatch(execution_id=execution.pk)
-    execution.refresh_from_db()
+    # Inserted by this (caller's) transaction and still pending: no one else sees it, so place it
+    # as it is, without locking and reading it back.
+    _dispatch_locked(execution, fresh=True)
     return execution
 
 

@@ -76,10 +76,16 @@ def execution_run(*, execution_id: int) -> str | None:
     except Exception as exc:  # an executor bug must still end the run, never leave it "running"
         logger.exception("execution %s: executor %s crashed", execution_id, job.kind)
         outcome = Outcome(status="failed", error=f"executor error: {type(exc).__name__}: {exc}"[:2000])
-    control.log.flush(final=True)
+    finished = False
     try:
-        execution_finish(execution_id=execution_id, claim_token=execution.claim_token, outcome=outcome)
+        control.log.flush(final=True)
+        finished = execution_finish(
+            execution_id=execution_id, claim_token=execution.claim_token, outcome=outcome
+        )
     finally:
-        allocation_release(execution_id=execution_id)
+        if not finished:
+            # A won finish released in its own transaction; a lost claim (cancelled while running)
+            # or a failed finish still holds the capacity: free it here.
+            allocation_release(execution_id=execution_id)
     logger.info("execution %s of job %s: %s", execution_id, job.pk, outcome.status)
     return outcome.status

@@ -27,7 +27,7 @@ from urllib.parse import urlsplit
 import celery
 import psutil
 from celery import bootsteps
-from celery.signals import worker_shutdown, worker_shutting_down
+from celery.signals import task_postrun, worker_shutdown, worker_shutting_down
 
 logger = logging.getLogger(__name__)
 
@@ -199,6 +199,25 @@ class NodeStep(bootsteps.StartStopStep):
         thread = Heartbeat(name, settings.SCHEDULER_HEARTBEAT_SECONDS, cpu)
         _state["heartbeat"] = thread
         thread.start()
+
+
+@task_postrun.connect
+def _drop_stale_connections(**kwargs: Any) -> None:
+    """After each task: drop a broken or CONN_MAX_AGE-old database connection, keep a healthy one."""
+    # Celery's Django fixup would close every connection after every task; CELERY_DB_REUSE_MAX turns that
+    # off (a reconnect cost more than a no-op job), so this does what Django does after each request.
+    from django.db import close_old_connections, connections
+    from psycopg.pq import TransactionStatus
+
+    for conn in connections.all(initialized_only=True):
+        raw = conn.connection
+        if (
+            raw is not None
+            and not conn.in_atomic_block
+            and raw.info.transaction_status != TransactionStatus.IDLE
+        ):
+            conn.close()  # left mid-query or mid-transaction (e.g. a handler interrupted): never reuse it
+    close_old_connections()
 
 
 @worker_shutting_down.connect

@@ -129,9 +129,12 @@ def _no_fit_reason(candidates: Sequence[Candidate], job: Job) -> str:
     )
 
 
-def allocation_reserve(*, execution: Execution) -> Placement:
-    """Reserve the job's cpu and memory on a fitting online node; call inside transaction.atomic()."""
-    existing = ResourceAllocation.objects.filter(execution=execution).first()
+def allocation_reserve(*, execution: Execution, fresh: bool = False) -> Placement:
+    """Reserve the job's cpu and memory on a fitting online node; call inside transaction.atomic().
+
+    `fresh`: the execution was inserted by this transaction, so it has no allocation row yet.
+    """
+    existing = None if fresh else ResourceAllocation.objects.filter(execution=execution).first()
     if existing is not None and existing.released_at is None:
         return Placement(allocation=existing, reason="")  # already placed: idempotent
     job = execution.job

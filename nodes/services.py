@@ -28,9 +28,9 @@ def _pending_dispatch_soon() -> None:
     pending_dispatch_soon()
 
 
-@transaction.atomic
 def allocation_release(*, execution_id: int) -> bool:
     """Release the execution's active allocation (idempotent); True if this call released one."""
+    # One conditional UPDATE is atomic by itself: no transaction (or savepoint inside the caller's) needed.
     released = ResourceAllocation.objects.filter(execution_id=execution_id, released_at__isnull=True).update(
         released_at=timezone.now()
     )

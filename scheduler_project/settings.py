@@ -222,6 +222,11 @@ CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+# Celery's Django fixup closes every database connection before and after each task unless this is set,
+# so each task paid for a new PostgreSQL backend (more than a no-op job's whole work). Set: a pool process
+# keeps its connection (force-closed every N/2 tasks); nodes.heartbeat still drops an unusable or
+# CONN_MAX_AGE-old one after each task, like Django does after each request.
+CELERY_DB_REUSE_MAX = 1000
 CELERY_TIMEZONE = "UTC"
 CELERY_ENABLE_UTC = True
 # Hard limit for any task: the longest job timeout plus room to record its result.

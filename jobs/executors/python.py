@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import signal
 import threading
+import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,6 +18,7 @@ from django.db import connections
 
 from .base import LocalControl, Outcome, OutputTail, RunControl, clamp_progress
 
+logger = logging.getLogger(__name__)
 PAYLOAD_KEYS = {"handler", "kwargs"}
 POLL_SECONDS = 1.0
 Handler = Callable[..., Any]
@@ -78,44 +81,118 @@ class _Stop(BaseException):
     """Raised in the handler's thread to interrupt it (BaseException: `except Exception` won't eat it)."""
 
 
-class _Watcher(threading.Thread):
-    """Checks the deadline and cancellation each second; interrupts the main thread with SIGALRM."""
+class _Watch:
+    """One run being watched: its deadline, its cancellation and its output tail."""
 
     def __init__(self, control: RunControl, tail: OutputTail, timeout: float, can_interrupt: bool) -> None:
-        super().__init__(daemon=True)
         self.control, self.tail, self.timeout, self.can_interrupt = control, tail, timeout, can_interrupt
         self.reason: str | None = None
         self.armed = True
         self.lock = threading.Lock()
-        self.done = threading.Event()
+        self.idle = threading.Event()  # set while no check of this run is in flight
+        self.idle.set()
+        self.waited = 0.0
+        self.stored = 0
+        self.next_at = time.monotonic() + self._step()
 
-    def run(self) -> None:
-        try:
-            self._watch()
-        finally:
-            connections.close_all()  # this thread's own database connections
+    def _step(self) -> float:
+        return min(POLL_SECONDS, max(self.timeout - self.waited, 0.01))
 
-    def _watch(self) -> None:
-        stored = 0
-        waited = 0.0
-        while not self.done.wait(min(POLL_SECONDS, max(self.timeout - waited, 0.01))):
-            waited += POLL_SECONDS
-            reason = "timed_out" if waited >= self.timeout else self.control.stop_reason()
-            if self.tail.version != stored:
-                stored = self.tail.version
-                self.control.output_update(self.tail.text(), self.tail.truncated)
-            if reason:
-                with self.lock:
-                    if self.armed:
-                        self.reason = reason
-                        if self.can_interrupt:
-                            os.kill(os.getpid(), signal.SIGALRM)
-                return
+    def check(self) -> bool:
+        """One poll (deadline, cancellation, output); True when the run must stop (and was told so)."""
+        self.waited += POLL_SECONDS
+        reason = "timed_out" if self.waited >= self.timeout else self.control.stop_reason()
+        if self.tail.version != self.stored:
+            self.stored = self.tail.version
+            self.control.output_update(self.tail.text(), self.tail.truncated)
+        if reason:
+            with self.lock:
+                if self.armed:
+                    self.reason = reason
+                    if self.can_interrupt:
+                        os.kill(os.getpid(), signal.SIGALRM)
+            return True
+        self.next_at += self._step()
+        return False
 
     def disarm(self) -> None:
         with self.lock:
             self.armed = False
-        self.done.set()
+
+
+class _Watcher(threading.Thread):
+    """One thread per process checks every running run each second; interrupts with SIGALRM."""
+
+    # One long-lived thread, not one per run: starting and joining a thread cost more than a no-op job.
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True, name="python-executor-watcher")
+        self.pid = os.getpid()
+        self.cond = threading.Condition()
+        self.watches: list[_Watch] = []
+
+    def add(self, watch: _Watch) -> None:
+        with self.cond:
+            self.watches.append(watch)
+            self.cond.notify()
+
+    def remove(self, watch: _Watch) -> None:
+        """Stop watching a run; wait (bounded) for a check of it still in flight, e.g. storing output."""
+        watch.disarm()
+        with self.cond:
+            if watch in self.watches:
+                self.watches.remove(watch)
+            self.cond.notify()
+        watch.idle.wait(timeout=5)
+
+    def run(self) -> None:
+        used_db = False
+        while True:
+            with self.cond:
+                while True:
+                    now = time.monotonic()
+                    due = [w for w in self.watches if w.next_at <= now]
+                    if due or (used_db and not self.watches):
+                        break
+                    first = min((w.next_at for w in self.watches), default=None)
+                    self.cond.wait(None if first is None else first - now)
+                for watch in due:
+                    watch.idle.clear()
+            if not due:
+                connections.close_all()  # this thread's own connections, when no run needs them
+                used_db = False
+                continue
+            used_db = True
+            for watch in due:
+                self._check(watch)
+
+    def _check(self, watch: _Watch) -> None:
+        try:
+            over = watch.check()
+        except Exception:  # a failed check (database down) must not end the watching of any run
+            logger.exception("python executor: checking a run failed; trying again in a second")
+            watch.next_at = time.monotonic() + POLL_SECONDS
+            over = False
+        finally:
+            watch.idle.set()
+        if over:
+            with self.cond:
+                if watch in self.watches:
+                    self.watches.remove(watch)
+
+
+_watcher_lock = threading.Lock()
+_watcher: _Watcher | None = None
+
+
+def _the_watcher() -> _Watcher:
+    """This process's watcher thread, started on first use (again in a forked child, where it is gone)."""
+    global _watcher
+    with _watcher_lock:
+        if _watcher is None or _watcher.pid != os.getpid() or not _watcher.is_alive():
+            _watcher = _Watcher()
+            _watcher.start()
+        return _watcher
 
 
 def run(
@@ -131,15 +208,16 @@ def run(
     tail = OutputTail(sink=getattr(control, "log_feed", None))
     ctx = HandlerContext(control=control, tail=tail, execution_id=execution_id)
     in_main = threading.current_thread() is threading.main_thread()
-    watcher = _Watcher(control=control, tail=tail, timeout=timeout, can_interrupt=in_main)
+    watch = _Watch(control=control, tail=tail, timeout=timeout, can_interrupt=in_main)
+    watcher = _the_watcher()
 
     def interrupt(signum: int, frame: object) -> None:
-        if watcher.armed:
+        if watch.armed:
             raise _Stop
 
     previous = signal.signal(signal.SIGALRM, interrupt) if in_main else None
     outcome = Outcome(status="succeeded")
-    watcher.start()
+    watcher.add(watch)
     try:
         outcome.result = _jsonable(fn(ctx, **payload.get("kwargs", {})))
     except _Stop:
@@ -148,14 +226,14 @@ def run(
         outcome.status, outcome.error = "failed", f"{type(exc).__name__}: {exc}"[:4000]
         tail.write(traceback.format_exc().encode())
     finally:
-        watcher.disarm()
+        watch.disarm()
         if in_main:
             signal.signal(signal.SIGALRM, previous)
-    watcher.join(timeout=5)
-    if watcher.reason == "timed_out":
+    watcher.remove(watch)
+    if watch.reason == "timed_out":
         outcome.status, outcome.error = "timed_out", f"timed out after {timeout:g}s; handler interrupted"
-    elif watcher.reason:
-        outcome.status, outcome.error = "cancelled", f"{watcher.reason}; handler interrupted"
+    elif watch.reason:
+        outcome.status, outcome.error = "cancelled", f"{watch.reason}; handler interrupted"
     outcome.output, outcome.output_truncated = tail.text(), tail.truncated
     return outcome
 

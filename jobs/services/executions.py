@@ -124,18 +124,17 @@ def execution_finish(*, execution_id: int, claim_token: uuid.UUID, outcome: Outc
         "output_truncated": outcome.output_truncated,
         "result": outcome.result,
     }
+    done = {"progress": 100.0} if outcome.status == Execution.Status.SUCCEEDED else {}
     updated = Execution.objects.filter(
         pk=execution_id, status=Execution.Status.RUNNING, claim_token=claim_token
-    ).update(status=outcome.status, finished_at=timezone.now(), error=outcome.error[:10000], **fields)
+    ).update(status=outcome.status, finished_at=timezone.now(), error=outcome.error[:10000], **fields, **done)
     if not updated:
         # Cancelled or lost meanwhile: keep what the run printed, never overwrite the newer status.
         Execution.objects.filter(pk=execution_id, claim_token=claim_token).update(**fields)
         logger.info("execution %s: claim no longer ours; result kept as output only", execution_id)
         return False
     _release(execution_id)  # in the same transaction: the status and the freed capacity land together
-    if outcome.status == Execution.Status.SUCCEEDED:
-        Execution.objects.filter(pk=execution_id).update(progress=100.0)
-    elif outcome.status in FAILURE_STATUSES:
+    if outcome.status in FAILURE_STATUSES:
         execution_failure_handle(execution=Execution.objects.select_related("job").get(pk=execution_id))
     return True
 

@@ -10,7 +10,7 @@ from datetime import datetime, timedelta
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
-from django.db.models import Sum
+from django.db.models import F, OuterRef, Subquery, Sum
 from django.db.models.functions import Length
 from django.utils import timezone
 
@@ -21,16 +21,33 @@ logger = logging.getLogger(__name__)
 APPEND_ATTEMPTS = 5  # racing appenders to one execution retry on the (execution, seq) unique constraint
 
 
-def _append_once(execution_id: int, text: str) -> ExecutionLogChunk:
-    last = (
-        ExecutionLogChunk.objects.filter(execution_id=execution_id)
-        .order_by("-seq")
-        .values("seq", "offset", "text")
+def _log_end(execution_id: int) -> tuple[int, int] | None:
+    """(next seq, end offset) of an execution's log, in one query; None if the execution does not exist."""
+    last = ExecutionLogChunk.objects.filter(execution_id=OuterRef("pk")).order_by("-seq")
+    row = (
+        Execution.objects.filter(pk=execution_id)
+        .annotate(
+            last_seq=Subquery(last.values("seq")[:1]),
+            last_end=Subquery(last.annotate(chunk_end=F("offset") + Length("text")).values("chunk_end")[:1]),
+        )
+        .values("last_seq", "last_end")
         .first()
     )
-    seq, offset = (last["seq"] + 1, last["offset"] + len(last["text"])) if last else (0, 0)
-    with transaction.atomic():
-        return ExecutionLogChunk.objects.create(execution_id=execution_id, seq=seq, offset=offset, text=text)
+    if row is None:
+        return None
+    if row["last_seq"] is None:
+        return 0, 0
+    return row["last_seq"] + 1, row["last_end"]
+
+
+def _insert(execution_id: int, seq: int, offset: int, text: str) -> ExecutionLogChunk:
+    if transaction.get_connection().in_atomic_block:
+        with transaction.atomic():  # a savepoint: a lost seq race must not break the caller's transaction
+            return ExecutionLogChunk.objects.create(
+                execution_id=execution_id, seq=seq, offset=offset, text=text
+            )
+    # Autocommit: the INSERT is a transaction of its own (no BEGIN/COMMIT round trips).
+    return ExecutionLogChunk.objects.create(execution_id=execution_id, seq=seq, offset=offset, text=text)
 
 
 def _trim(execution_id: int) -> int:
@@ -56,15 +73,18 @@ def log_append(*, execution_id: int, text: str) -> ExecutionLogChunk | None:
     """Append output of a running execution; the new chunk (None for empty text or a missing execution)."""
     if not text:
         return None
-    if not Execution.objects.filter(pk=execution_id).exists():
-        logger.info("log_append: execution %s does not exist; output dropped", execution_id)
-        return None
     for _ in range(APPEND_ATTEMPTS):
+        end = _log_end(execution_id)
+        if end is None:
+            logger.info("log_append: execution %s does not exist; output dropped", execution_id)
+            return None
         try:
-            chunk = _append_once(execution_id, text)
+            chunk = _insert(execution_id, *end, text)
         except IntegrityError:
-            continue  # another appender took this seq: read the new end and try again
-        _trim(execution_id)
+            continue  # another appender took this seq (or the execution just went): read again
+        # What is stored never exceeds the end offset: below the limit there is nothing to trim.
+        if chunk.end > int(settings.SCHEDULER_LOG_MAX_CHARS):
+            _trim(execution_id)
         return chunk
     raise RuntimeError(f"log_append: execution {execution_id}: too many concurrent appenders")
 
