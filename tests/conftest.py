@@ -10,6 +10,7 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import pytest
@@ -46,6 +47,28 @@ def _clean_test_redis() -> Iterator[None]:
     client.flushdb()
     yield
     client.flushdb()
+
+
+@pytest.fixture
+def make_user(db) -> Callable[..., Any]:
+    """make_user("olga", "operator", run_shell=True): a user in the given role groups, fetched fresh."""
+    from django.contrib.auth.models import Group, Permission
+
+    from accounts.services import roles_sync
+    from tests.factories import UserFactory
+
+    def make(username: str, *roles: str, run_shell: bool = False, **fields: Any) -> Any:
+        if roles and not Group.objects.filter(name__in=roles).exists():
+            roles_sync()  # transactional tests flush the groups the migration created
+        user: Any = UserFactory(username=username, **fields)
+        user.groups.add(*Group.objects.filter(name__in=roles))
+        if run_shell:
+            user.user_permissions.add(
+                Permission.objects.get(codename="run_shell", content_type__app_label="jobs")
+            )
+        return type(user).objects.get(pk=user.pk)  # fresh: no stale permission cache
+
+    return make
 
 
 @pytest.fixture

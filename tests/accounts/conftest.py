@@ -6,11 +6,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group
 from django.core.cache import cache
 from rest_framework.test import APIClient
-
-from tests.factories import UserFactory
 
 PASSWORD = "correct horse battery staple"
 
@@ -21,17 +18,6 @@ def _clean_login_counters() -> Iterator[None]:
     cache.clear()
     yield
     cache.clear()
-
-
-@pytest.fixture
-def make_user(db) -> Callable[..., Any]:
-    def make(username: str, *roles: str, **fields: Any) -> Any:
-        user: Any = UserFactory(username=username, **fields)
-        if roles:
-            user.groups.add(*Group.objects.filter(name__in=roles))
-        return user
-
-    return make
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group, Permission
 from django.core.cache import cache
 from django.utils import timezone
 from knox.models import AuthToken
@@ -15,7 +14,7 @@ from rest_framework.test import APIClient
 
 from jobs.models import DeadLetter, Execution, Job
 from nodes.models import ResourceAllocation
-from tests.factories import JobFactory, NodeFactory, UserFactory
+from tests.factories import JobFactory, NodeFactory
 
 PASSWORD = "correct horse battery staple"  # tests.factories.UserFactory's
 
@@ -59,20 +58,6 @@ def api_login(db) -> Callable[[str], APIClient]:
         return client
 
     return login
-
-
-@pytest.fixture
-def make_user(db) -> Callable[..., Any]:
-    def make(username: str, *roles: str, run_shell: bool = False) -> Any:
-        user: Any = UserFactory(username=username)
-        user.groups.add(*Group.objects.filter(name__in=roles))
-        if run_shell:
-            user.user_permissions.add(
-                Permission.objects.get(codename="run_shell", content_type__app_label="jobs")
-            )
-        return type(user).objects.get(pk=user.pk)  # fresh: no stale permission cache
-
-    return make
 
 
 @pytest.fixture

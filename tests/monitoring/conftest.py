@@ -10,12 +10,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import Group
 from django.core.cache import cache
 from rest_framework.test import APIClient
-
-from accounts.services import roles_sync
-from tests.factories import UserFactory
 
 
 @pytest.fixture(autouse=True)
@@ -24,19 +20,6 @@ def _clean_cache() -> Iterator[None]:
     cache.clear()
     yield
     cache.clear()
-
-
-@pytest.fixture
-def make_user(db) -> Callable[..., Any]:
-    def make(username: str, *roles: str, **fields: Any) -> Any:
-        if roles and not Group.objects.filter(name__in=roles).exists():
-            roles_sync()
-        user: Any = UserFactory(username=username, **fields)
-        if roles:
-            user.groups.add(*Group.objects.filter(name__in=roles))
-        return type(user).objects.get(pk=user.pk)
-
-    return make
 
 
 @pytest.fixture
