@@ -241,35 +241,22 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_BEAT_SCHEDULER = "jobs.beat:JobScheduler"  # heap + leader lease over django-celery-beat models
 # Periodic sweeps: each app adds its own keys here.
+
+
+def _sweep(task: str, every: float, expire_after_periods: float) -> dict:
+    """A beat entry whose message expires if no worker took it within a few periods (no pile-up)."""
+    return {"task": task, "schedule": every, "options": {"expires": max(every, 1.0) * expire_after_periods}}
+
+
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
     # nodes: offline detection (nodes missing heartbeats) and the broker reconciler (nodes/tasks.py).
-    "nodes.reap_stale": {
-        "task": "nodes.reap_stale",
-        "schedule": SCHEDULER_SWEEP_SECONDS,
-        "options": {"expires": max(SCHEDULER_SWEEP_SECONDS, 1.0) * 5},
-    },
-    "nodes.reconcile_broker": {
-        "task": "nodes.reconcile_broker",
-        "schedule": SCHEDULER_RECONCILE_SECONDS,
-        "options": {"expires": max(SCHEDULER_RECONCILE_SECONDS, 1.0) * 2},
-    },
+    "nodes.reap_stale": _sweep("nodes.reap_stale", SCHEDULER_SWEEP_SECONDS, 5),
+    "nodes.reconcile_broker": _sweep("nodes.reconcile_broker", SCHEDULER_RECONCILE_SECONDS, 2),
     # jobs: due retries become new attempts; pending executions are placed as capacity frees (jobs/tasks.py).
-    "jobs.sweep_retries": {
-        "task": "jobs.sweep_retries",
-        "schedule": SCHEDULER_SWEEP_SECONDS,
-        "options": {"expires": max(SCHEDULER_SWEEP_SECONDS, 1.0) * 5},
-    },
-    "jobs.dispatch_pending": {
-        "task": "jobs.dispatch_pending",
-        "schedule": SCHEDULER_SWEEP_SECONDS,
-        "options": {"expires": max(SCHEDULER_SWEEP_SECONDS, 1.0) * 5},
-    },
+    "jobs.sweep_retries": _sweep("jobs.sweep_retries", SCHEDULER_SWEEP_SECONDS, 5),
+    "jobs.dispatch_pending": _sweep("jobs.dispatch_pending", SCHEDULER_SWEEP_SECONDS, 5),
     # monitoring: alert evaluation and delivery; daily retention pruning (monitoring/tasks.py).
-    "monitoring.evaluate_alerts": {
-        "task": "monitoring.evaluate_alerts",
-        "schedule": SCHEDULER_ALERT_EVALUATE_SECONDS,
-        "options": {"expires": max(SCHEDULER_ALERT_EVALUATE_SECONDS, 1.0) * 3},
-    },
+    "monitoring.evaluate_alerts": _sweep("monitoring.evaluate_alerts", SCHEDULER_ALERT_EVALUATE_SECONDS, 3),
     "monitoring.prune_retention": {
         "task": "monitoring.prune_retention",
         "schedule": 24 * 3600.0,
