@@ -18,7 +18,9 @@ logger = logging.getLogger(__name__)
 
 # Room for the worker to record a result after the executor killed a run at the job's timeout.
 HARD_LIMIT_MARGIN_SECONDS = 120
-DISPATCH_DEBOUNCE_KEY = "jobs:dispatch-pending-soon"
+# Set while a placement pass is queued and has not started yet; a lost message cannot wedge it for long.
+DISPATCH_QUEUED_KEY = "jobs:dispatch-pending-queued"
+DISPATCH_QUEUED_TTL = 30
 
 
 def broker_priority(job_priority: int) -> int:
@@ -89,14 +91,21 @@ def pending_dispatch(*, limit: int = 200) -> int:
 
 
 def _send_dispatch_pending() -> None:
-    # Debounced: many releases in a burst cause one placement pass (plus the periodic sweep as backstop).
-    if cache.add(DISPATCH_DEBOUNCE_KEY, 1, timeout=1):
+    # Coalesced, never dropped: while a pass is queued and not started, later nudges ride on it (it will see
+    # their changes); the pass clears the flag as it starts, so a nudge during or after it sends another.
+    if cache.add(DISPATCH_QUEUED_KEY, 1, timeout=DISPATCH_QUEUED_TTL):
         current_app.send_task("jobs.dispatch_pending")
 
 
 def pending_dispatch_soon() -> None:
-    """Send "jobs.dispatch_pending" after commit, at most about once a second."""
+    """Send "jobs.dispatch_pending" after commit, unless a pass is already queued and not yet started."""
     transaction.on_commit(_send_dispatch_pending)
+
+
+def pending_dispatch_pass() -> int:
+    """One placement pass, as the task runs it: clear the queued flag first, then place what fits."""
+    cache.delete(DISPATCH_QUEUED_KEY)
+    return pending_dispatch()
 
 
 def execution_republish(*, execution_id: int) -> bool:

@@ -34,7 +34,7 @@ def execute(execution_id: int) -> None:
 @shared_task(name="jobs.dispatch_pending", ignore_result=True)
 def dispatch_pending() -> None:
     """Place pending executions on nodes with room."""
-    dispatch.pending_dispatch()
+    dispatch.pending_dispatch_pass()
 
 
 @shared_task(name="jobs.sweep_retries", ignore_result=True)

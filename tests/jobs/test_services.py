@@ -197,3 +197,27 @@ def test_update_validates_like_create():
 def test_broker_priority_is_inverted_for_redis():
     assert dispatch.broker_priority(9) == 0
     assert dispatch.broker_priority(0) == 9
+
+
+def _queued_placement_passes(redis_client) -> int:
+    keys = ["default", *(f"default:{step}" for step in range(1, 10))]  # kombu's priority sub-queues
+    return sum(
+        body.count(b"jobs.dispatch_pending") for key in keys for body in redis_client.lrange(key, 0, -1)
+    )
+
+
+def test_placement_nudges_coalesce_while_queued_and_are_never_lost(db, redis_client):
+    # Capacity freed while a pass is already running must start another pass: no lost wakeup.
+    from django.core.cache import cache
+
+    cache.delete(dispatch.DISPATCH_QUEUED_KEY)
+    for key in ["default", *(f"default:{step}" for step in range(1, 10))]:
+        redis_client.delete(key)
+    dispatch._send_dispatch_pending()
+    dispatch._send_dispatch_pending()
+    assert _queued_placement_passes(redis_client) == 1  # a burst rides on the queued pass
+
+    dispatch.pending_dispatch_pass()  # the worker starts that pass (it clears the flag first)
+    dispatch._send_dispatch_pending()  # a release during the pass
+    assert _queued_placement_passes(redis_client) == 2
+    cache.delete(dispatch.DISPATCH_QUEUED_KEY)
