@@ -84,6 +84,14 @@ class OutputTail:
         return body
 
 
+def payload_envelope_errors(payload: Any, keys: set[str], shape: str) -> dict[str, str]:
+    """Envelope errors of a payload: not an object, or unknown keys (the fields are still checked)."""
+    if not isinstance(payload, dict):
+        return {"payload": f"must be an object with {shape}"}
+    unknown = set(payload) - keys
+    return {"payload": f"unknown keys: {', '.join(sorted(unknown))}"} if unknown else {}
+
+
 def clamp_progress(value: float) -> float:
     """Keep a reported progress inside 0..100."""
     return max(0.0, min(100.0, float(value)))

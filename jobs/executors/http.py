@@ -12,7 +12,7 @@ from urllib3.connection import HTTPConnection, HTTPSConnection
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 from urllib3.util import connection as urllib3_connection
 
-from .base import LocalControl, Outcome, OutputTail, RunControl
+from .base import LocalControl, Outcome, OutputTail, RunControl, payload_envelope_errors
 from .netguard import ForbiddenAddress, checked_address, url_address_error
 
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
@@ -27,12 +27,9 @@ REDIRECT_STATUSES = {301, 302, 303, 307, 308}
 
 def validate(payload: Any) -> dict[str, str]:
     """Errors in an http payload, keyed by field (empty when valid)."""
+    errors = payload_envelope_errors(payload, PAYLOAD_KEYS, "'method' and 'url'")
     if not isinstance(payload, dict):
-        return {"payload": "must be an object with 'method' and 'url'"}
-    errors: dict[str, str] = {}
-    unknown = set(payload) - PAYLOAD_KEYS
-    if unknown:
-        errors["payload"] = f"unknown keys: {', '.join(sorted(unknown))}"
+        return errors
     if str(payload.get("method", "GET")).upper() not in METHODS:
         errors["payload.method"] = f"must be one of {', '.join(sorted(METHODS))}"
     url_error = _url_error(payload.get("url"))

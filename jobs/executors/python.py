@@ -16,7 +16,7 @@ from typing import Any
 
 from django.db import connections
 
-from .base import LocalControl, Outcome, OutputTail, RunControl, clamp_progress
+from .base import LocalControl, Outcome, OutputTail, RunControl, clamp_progress, payload_envelope_errors
 
 logger = logging.getLogger(__name__)
 PAYLOAD_KEYS = {"handler", "kwargs"}
@@ -55,12 +55,9 @@ class HandlerContext:
 
 def validate(payload: Any) -> dict[str, str]:
     """Errors in a python payload, keyed by field (empty when valid)."""
+    errors = payload_envelope_errors(payload, PAYLOAD_KEYS, "a 'handler' name")
     if not isinstance(payload, dict):
-        return {"payload": "must be an object with a 'handler' name"}
-    errors: dict[str, str] = {}
-    unknown = set(payload) - PAYLOAD_KEYS
-    if unknown:
-        errors["payload"] = f"unknown keys: {', '.join(sorted(unknown))}"
+        return errors
     name = payload.get("handler")
     kwargs = payload.get("kwargs", {})
     if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):

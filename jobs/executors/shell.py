@@ -11,7 +11,7 @@ import threading
 import time
 from typing import IO, Any
 
-from .base import LocalControl, Outcome, OutputTail, RunControl, clamp_progress
+from .base import LocalControl, Outcome, OutputTail, RunControl, clamp_progress, payload_envelope_errors
 
 POLL_SECONDS = 1.0  # how often cancellation is checked and the output tail stored
 KILL_GRACE_SECONDS = 3.0  # between SIGTERM and SIGKILL of the process group
@@ -23,12 +23,9 @@ PROGRESS_LINE = re.compile(rb"^PROGRESS\s+(\d+(?:\.\d+)?)\s*$")
 
 def validate(payload: Any) -> dict[str, str]:
     """Errors in a shell payload, keyed by field (empty when valid)."""
+    errors = payload_envelope_errors(payload, PAYLOAD_KEYS, "a 'command' list")
     if not isinstance(payload, dict):
-        return {"payload": "must be an object with a 'command' list"}
-    errors: dict[str, str] = {}
-    unknown = set(payload) - PAYLOAD_KEYS
-    if unknown:
-        errors["payload"] = f"unknown keys: {', '.join(sorted(unknown))}"
+        return errors
     command = payload.get("command")
     if not isinstance(command, list) or not command:
         errors["payload.command"] = "must be a non-empty list of strings (argv, run with no shell)"
