@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import reduce
+from operator import or_
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab
 from croniter import croniter
+from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from django_celery_beat.models import ClockedSchedule, CrontabSchedule, IntervalSchedule, PeriodicTask
@@ -256,26 +259,90 @@ def schedule_slot_at(schedule: JobSchedule, *, at: datetime) -> datetime:
 # --- django-celery-beat -----------------------------------------------------------------------
 
 
-def _beat_schedule_fields(schedule: JobSchedule) -> dict[str, Any]:
-    fields: dict[str, Any] = {"interval": None, "crontab": None, "clocked": None, "one_off": False}
+BeatModel = type[ClockedSchedule] | type[IntervalSchedule] | type[CrontabSchedule]
+
+
+def _beat_schedule_lookup(schedule: JobSchedule) -> tuple[str, BeatModel, dict[str, Any]]:
+    """The PeriodicTask field, the django-celery-beat schedule model and the values of its row."""
     if schedule.type == JobSchedule.Type.ONCE:
-        fields["clocked"], _ = ClockedSchedule.objects.get_or_create(clocked_time=schedule.run_at)
-        fields["one_off"] = True
-    elif schedule.type == JobSchedule.Type.INTERVAL:
-        fields["interval"], _ = IntervalSchedule.objects.get_or_create(
-            every=schedule.every_seconds, period=IntervalSchedule.SECONDS
+        return "clocked", ClockedSchedule, {"clocked_time": schedule.run_at}
+    if schedule.type == JobSchedule.Type.INTERVAL:
+        return (
+            "interval",
+            IntervalSchedule,
+            {"every": schedule.every_seconds, "period": IntervalSchedule.SECONDS},
         )
-    else:
-        minute, hour, dom, month, dow = schedule.cron_expression.split()
-        fields["crontab"], _ = CrontabSchedule.objects.get_or_create(
-            minute=minute,
-            hour=hour,
-            day_of_month=dom,
-            month_of_year=month,
-            day_of_week=dow,
-            timezone=ZoneInfo(schedule.timezone),
-        )
+    minute, hour, dom, month, dow = schedule.cron_expression.split()
+    return (
+        "crontab",
+        CrontabSchedule,
+        {
+            "minute": minute,
+            "hour": hour,
+            "day_of_month": dom,
+            "month_of_year": month,
+            "day_of_week": dow,
+            "timezone": ZoneInfo(schedule.timezone),
+        },
+    )
+
+
+def _beat_fields(field: str, row: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "interval": None,
+        "crontab": None,
+        "clocked": None,
+        "one_off": field == "clocked",
+    }
+    fields[field] = row
     return fields
+
+
+def _beat_schedule_fields(schedule: JobSchedule) -> dict[str, Any]:
+    field, model, values = _beat_schedule_lookup(schedule)
+    # Not get_or_create: concurrent creates may each add an equal row (django-celery-beat has no unique
+    # constraint), after which get() refuses to choose. Equal rows are harmless; the oldest is used.
+    row = model.objects.filter(**values).order_by("pk").first() or model.objects.create(**values)
+    return _beat_fields(field, row)
+
+
+def _beat_row_key(model: BeatModel, values: Mapping[str, Any]) -> tuple[Any, ...]:
+    # Zones compare by name: a row read back holds an equal zone, not necessarily the same object.
+    return (model, *(str(v) if isinstance(v, ZoneInfo) else v for _, v in sorted(values.items())))
+
+
+def beat_schedule_fields_bulk(schedules: Sequence[JobSchedule]) -> list[dict[str, Any]]:
+    """_beat_schedule_fields for many schedules: each distinct schedule row read or created once."""
+    lookups = [_beat_schedule_lookup(schedule) for schedule in schedules]
+    wanted = {_beat_row_key(model, values): (model, values) for _, model, values in lookups}
+    rows: dict[tuple[Any, ...], Any] = {}
+    for model in {model for model, _ in wanted.values()}:
+        mine = [values for m, values in wanted.values() if m is model]
+        names = list(mine[0])
+        # Highest pk first, so of equal rows the oldest is kept, as _beat_schedule_fields does.
+        for row in model.objects.filter(reduce(or_, (Q(**v) for v in mine))).order_by("-pk"):
+            rows[_beat_row_key(model, {name: getattr(row, name) for name in names})] = row
+        missing = [model(**v) for v in mine if _beat_row_key(model, v) not in rows]
+        for row in model.objects.bulk_create(missing):  # type: ignore[attr-defined]
+            rows[_beat_row_key(model, {name: getattr(row, name) for name in names})] = row
+    return [_beat_fields(field, rows[_beat_row_key(model, values)]) for field, model, values in lookups]
+
+
+def periodic_task_values(*, job: Job, schedule: JobSchedule) -> dict[str, Any]:
+    """What the job's PeriodicTask holds besides its schedule row: task, kwargs, grid, expiry, enabled."""
+    start_time: datetime | None = schedule.start_at
+    if schedule.type == JobSchedule.Type.INTERVAL and schedule.start_at is None:
+        # Beat's grid must be the one next_run_at uses: first slot one interval after the creation second.
+        every = timedelta(seconds=schedule.every_seconds or 1)
+        start_time = interval_anchor(schedule, job.created_at) + every
+    return {
+        "task": "jobs.fire",
+        "kwargs": json.dumps({"job_id": job.pk}),
+        "start_time": start_time,
+        "expires": schedule.end_at,
+        "description": f"{job.name} ({schedule})"[:2000],
+        "enabled": job.status == Job.Status.ACTIVE and schedule.next_run_at is not None,
+    }
 
 
 def periodic_task_sync(*, job: Job) -> PeriodicTask | None:
@@ -287,19 +354,9 @@ def periodic_task_sync(*, job: Job) -> PeriodicTask | None:
         PeriodicTask.objects.filter(name=name).delete()
         return None
     task = schedule.periodic_task or PeriodicTask.objects.filter(name=name).first() or PeriodicTask(name=name)
-    for field, value in _beat_schedule_fields(schedule).items():
+    values = {**_beat_schedule_fields(schedule), **periodic_task_values(job=job, schedule=schedule)}
+    for field, value in values.items():
         setattr(task, field, value)
-    task.task = "jobs.fire"
-    task.kwargs = json.dumps({"job_id": job.pk})
-    if schedule.type == JobSchedule.Type.INTERVAL and schedule.start_at is None:
-        # Beat's grid must be the one next_run_at uses: first slot one interval after the creation second.
-        every = timedelta(seconds=schedule.every_seconds or 1)
-        task.start_time = interval_anchor(schedule, job.created_at) + every
-    else:
-        task.start_time = schedule.start_at
-    task.expires = schedule.end_at
-    task.description = f"{job.name} ({schedule})"[:2000]
-    task.enabled = job.status == Job.Status.ACTIVE and schedule.next_run_at is not None
     task.save()  # save() (not update()) bumps date_changed and PeriodicTasks: beat reloads just this one
     if schedule.periodic_task_id != task.pk:
         schedule.periodic_task = task

@@ -6,42 +6,45 @@ import logging
 from typing import Any
 
 from celery import shared_task
+from django.conf import settings
 from django.utils.dateparse import parse_datetime
 
-from . import dispatch, runner, services
+from . import services
+from .reconcile import executions_reconcile_broker
 
 logger = logging.getLogger(__name__)
 
 
 @shared_task(name="jobs.fire", ignore_result=True)
 def fire(job_id: int, scheduled_for: str | None = None) -> None:
-    """Fire one slot of a job (sent by beat)."""
+    """Fire one slot of a job (for a beat that sends a task per firing; ours fires in-process)."""
     slot = parse_datetime(scheduled_for) if scheduled_for else None
     if scheduled_for and slot is None:
         logger.error(
             "jobs.fire: scheduled_for %r is not an ISO-8601 time; job %s not fired", scheduled_for, job_id
         )
         return
-    dispatch.fire(job_id=job_id, scheduled_for=slot)
-
-
-@shared_task(name="jobs.execute", ignore_result=True, acks_late=True, reject_on_worker_lost=True)
-def execute(execution_id: int) -> None:
-    """Run one execution on this worker (published to its node's queue)."""
-    runner.execution_run(execution_id=execution_id)
+    services.fire(job_id=job_id, scheduled_for=slot)
 
 
 @shared_task(name="jobs.dispatch_pending", ignore_result=True)
 def dispatch_pending() -> None:
     """Place pending executions on nodes with room."""
-    dispatch.pending_dispatch_pass()
+    services.pending_place_pass()
 
 
 @shared_task(name="jobs.sweep_retries", ignore_result=True)
 def sweep_retries() -> None:
-    """Start due retries; mark lost the runs far past their timeout."""
+    """Recover what offline nodes held, start due retries, mark lost the runs far past their timeout."""
+    services.executions_recover_offline()
     services.retries_sweep()
     services.executions_overdue_sweep()
+
+
+@shared_task(name="jobs.reconcile_broker", ignore_result=True)
+def reconcile_broker() -> list[int]:
+    """Republish queued executions whose broker message is gone (Redis restarted or flushed)."""
+    return executions_reconcile_broker(older_than_seconds=settings.SCHEDULER_RECONCILE_SECONDS)
 
 
 @shared_task(name="jobs.dead_letter", ignore_result=True)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
+
+from nodes.placement import placement_impossible_reason
+from scheduler_project.jsonvalues import json_storable_problem
 
 from .executors import payload_errors
 from .models import Job
@@ -30,6 +33,8 @@ JOB_DEFAULTS: dict[str, Any] = {
     "idempotency_key": "",
 }
 JOB_FIELDS = ("name", "kind", "payload", *JOB_DEFAULTS)
+# placement_impossible_reason's signature: why no registered node could ever hold a job, or None.
+PlacementCheck = Callable[..., str | None]
 
 
 def _int(value: Any, low: int, high: int) -> int:
@@ -106,27 +111,6 @@ def _cleaners() -> dict[str, Any]:
     }
 
 
-MAX_JSON_DEPTH = 64
-
-
-def json_storable_problem(value: Any) -> str | None:
-    """Why a JSON value cannot be stored (too deep, NUL or lone surrogates), or None."""
-    stack: list[tuple[Any, int]] = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
-        if depth > MAX_JSON_DEPTH:
-            return f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
-        if isinstance(item, dict):
-            stack.extend((k, depth) for k in item)
-            stack.extend((v, depth + 1) for v in item.values())
-        elif isinstance(item, list):
-            stack.extend((v, depth + 1) for v in item)
-        elif isinstance(item, str) and ("\x00" in item or any("\ud800" <= ch <= "\udfff" for ch in item)):
-            # PostgreSQL stores neither in text or jsonb.
-            return "JSON strings must not contain NUL characters or lone surrogates"
-    return None
-
-
 def _payload_envelope_error(payload: Any) -> str | None:
     """Size and storability of a payload, whatever its kind (the API, admin and commands all pass here)."""
     problem = json_storable_problem(payload)
@@ -139,9 +123,17 @@ def _payload_envelope_error(payload: Any) -> str | None:
 
 
 def job_input_clean(
-    data: Mapping[str, Any], *, schedule: Any = None, check_schedule: bool = True
+    data: Mapping[str, Any],
+    *,
+    schedule: Any = None,
+    check_schedule: bool = True,
+    placement: PlacementCheck | None = None,
 ) -> tuple[dict[str, Any], ScheduleSpec | None]:
-    """Clean job fields and schedule input; raise ValidationError naming every bad field."""
+    """Clean job fields and schedule input; raise ValidationError naming every bad field.
+
+    `placement` answers "why could no node hold this?" (default: nodes.placement, asked every time); a
+    batch passes placement_check_memo() so equal resources cost one question.
+    """
     errors: dict[str, str] = {}
     fields: dict[str, Any] = {}
     if data.get("timeout_seconds") is None:
@@ -171,22 +163,43 @@ def job_input_clean(
         except ScheduleInvalid as exc:
             errors.update(exc.errors)
     if not errors:
-        errors.update(_placement_errors(fields))
+        errors.update(_placement_errors(fields, placement or placement_impossible_reason))
     if errors:
         raise ValidationError({field: [message] for field, message in errors.items()})
     return fields, spec
 
 
-def _placement_errors(fields: Mapping[str, Any]) -> dict[str, str]:
-    """A job that no registered node could ever hold is refused, naming what does not fit."""
-    from nodes.placement import placement_impossible_reason  # nodes imports jobs: import at call time
+def idempotency_key_clean(value: str) -> str:
+    """An Idempotency-Key as stored (stripped, up to 255 characters); else a ValidationError naming it."""
+    try:
+        return str(_cleaners()["idempotency_key"](value))
+    except ValueError as exc:
+        raise ValidationError({"idempotency_key": [str(exc)]}) from None
 
+
+def placement_check_memo() -> PlacementCheck:
+    """The placement question, answered once per distinct (cpu, memory, selector) for one batch of jobs."""
+    answers: dict[tuple[Any, ...], str | None] = {}
+
+    def check(*, cpu: Decimal, memory_mb: int, node_selector: dict) -> str | None:
+        key = (cpu, memory_mb, tuple(sorted((node_selector or {}).items())))
+        if key not in answers:
+            answers[key] = placement_impossible_reason(
+                cpu=cpu, memory_mb=memory_mb, node_selector=node_selector
+            )
+        return answers[key]
+
+    return check
+
+
+def _placement_errors(fields: Mapping[str, Any], reason_of: PlacementCheck) -> dict[str, str]:
+    """A job that no registered node could ever hold is refused, naming what does not fit."""
     cpu, memory, selector = fields["cpu"], fields["memory_mb"], fields["node_selector"]
-    reason = placement_impossible_reason(cpu=cpu, memory_mb=memory, node_selector=selector)
+    reason = reason_of(cpu=cpu, memory_mb=memory, node_selector=selector)
     if reason is None:
         return {}
-    if selector and placement_impossible_reason(cpu=Decimal(0), memory_mb=0, node_selector=selector):
+    if selector and reason_of(cpu=Decimal(0), memory_mb=0, node_selector=selector):
         return {"node_selector": reason}
-    if placement_impossible_reason(cpu=cpu, memory_mb=0, node_selector=selector):
+    if reason_of(cpu=cpu, memory_mb=0, node_selector=selector):
         return {"cpu": reason}
     return {"memory_mb": reason}

@@ -20,13 +20,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import IsOperator, scope_to_user
-from jobs.api.base import ApiSchema, ApiViewMixin, service_errors
-from jobs.api.filters import ID_MAX, IdFilter, StrictFilterSet, UtcDateTimeFilter
 from jobs.models import Execution, Job
 from monitoring import services
 from monitoring.models import Alert, AlertDelivery, AlertRule
 from monitoring.selectors import log_excerpt, log_read, logs_query
 from monitoring.selectors.summary import summary_cached
+from scheduler_project.api.base import ApiSchema, ApiViewMixin, service_errors
+from scheduler_project.api.filters import ID_MAX, IdFilter, StrictFilterSet, UtcDateTimeFilter
 
 
 def scoped_executions(user: Any) -> QuerySet[Execution]:

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable
+from datetime import timedelta
 
 import redis
 from django.conf import settings
 from django.db import DatabaseError, connection
+from django.utils import timezone
 from kombu import Connection
 from kombu.exceptions import OperationalError as KombuOperationalError
+
+from jobs.beat.lease import leader_status
+from nodes.models import Node
 
 
 def check_database() -> None:
@@ -47,12 +52,6 @@ def run_checks(names: Iterable[str]) -> dict[str, dict[str, object]]:
 
 def check_workers() -> None:
     """At least one node is online and heartbeated within the offline threshold."""
-    from datetime import timedelta
-
-    from django.utils import timezone
-
-    from nodes.models import Node
-
     fresh = timezone.now() - timedelta(seconds=float(settings.SCHEDULER_NODE_OFFLINE_AFTER_SECONDS))
     if not Node.objects.filter(status=Node.Status.ONLINE, last_heartbeat_at__gte=fresh).exists():
         raise CheckFailed("no online worker node has heartbeated recently")
@@ -60,8 +59,6 @@ def check_workers() -> None:
 
 def check_beat() -> None:
     """A beat leader renewed its lease recently."""
-    from jobs.beat import leader_status
-
     status = leader_status()
     if not status.get("healthy"):
         age = status.get("age_seconds")

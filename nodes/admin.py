@@ -60,13 +60,13 @@ class NodeAdmin(admin.ModelAdmin):
     def labels_text(self, node: Node) -> str:
         return format_labels(node.labels or {})
 
-    @admin.display(description="cpu allocated / capacity", ordering="cpu_allocated")
+    @admin.display(description="cpu allocated / capacity", ordering="cpu_reserved")
     def cpu_column(self, node: Any) -> str:
-        return f"{node.cpu_allocated} / {node.cpu_capacity}"
+        return f"{node.cpu_reserved} / {node.cpu_capacity}"  # type: ignore[attr-defined]
 
-    @admin.display(description="memory MB allocated / used / capacity", ordering="memory_mb_allocated")
+    @admin.display(description="memory MB allocated / used / capacity", ordering="memory_mb_reserved")
     def memory_column(self, node: Any) -> str:
-        return f"{node.memory_mb_allocated} / {node.memory_used_mb} / {node.memory_mb_capacity}"
+        return f"{node.memory_mb_reserved} / {node.memory_used_mb} / {node.memory_mb_capacity}"  # type: ignore[attr-defined]
 
     @admin.display(description="running", ordering="running")
     def running_column(self, node: Any) -> int:

@@ -19,12 +19,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from accounts.permissions import IsOperatorOrReadOnly, scope_to_user
-from jobs.api.base import ApiSchema, ApiViewMixin, Conflict, service_errors
-from jobs.api.fields import Integer, Number, Text
-from jobs.api.filters import IdFilter, StrictBooleanFilter, StrictFilterSet
-from jobs.api.serializers import INT32_MAX, LabelsField
 from nodes import selectors, services
 from nodes.models import Node, ResourceAllocation
+from scheduler_project.api.base import ApiSchema, ApiViewMixin, Conflict, service_errors
+from scheduler_project.api.fields import INT32_MAX, Integer, LabelsField, Number, Text
+from scheduler_project.api.filters import IdFilter, StrictBooleanFilter, StrictFilterSet
 
 # What PATCH nodes/{id}/ may set: drain, or back online from draining (offline is the reaper's).
 NODE_TARGET_STATUSES = [(Node.Status.ONLINE.value, "online"), (Node.Status.DRAINING.value, "draining")]
@@ -35,10 +34,11 @@ NODE_TARGET_STATUSES = [(Node.Status.ONLINE.value, "online"), (Node.Status.DRAIN
 class NodeSerializer(serializers.ModelSerializer):
     """A node (one celery worker) with its capacity, what is reserved on it and its live usage."""
 
+    # Sums of the active allocation rows (the record; the node's counters are repaired from them).
     cpu_allocated = serializers.DecimalField(
-        max_digits=9, decimal_places=3, coerce_to_string=False, read_only=True
+        max_digits=9, decimal_places=3, coerce_to_string=False, read_only=True, source="cpu_reserved"
     )
-    memory_mb_allocated = serializers.IntegerField(read_only=True)
+    memory_mb_allocated = serializers.IntegerField(read_only=True, source="memory_mb_reserved")
     running = serializers.IntegerField(read_only=True)
     name = Text(max_length=255, help_text="the celery worker's hostname, NAME@HOST")
     hostname = Text(max_length=255, required=False, help_text="default: the HOST part of name")

@@ -30,12 +30,20 @@ class Node(models.Model):
     cpu_percent = models.FloatField(default=0)
     memory_used_mb = models.PositiveIntegerField(default=0)
     running_count = models.PositiveIntegerField(default=0)
+    # What active allocations reserve here, kept by nodes.placement in the same transaction as the
+    # allocation rows: placement reserves with one conditional UPDATE of these (no lock on other nodes).
+    cpu_allocated = models.DecimalField(max_digits=9, decimal_places=3, default=Decimal("0"))
+    memory_mb_allocated = models.BigIntegerField(default=0)
 
     class Meta:
         ordering = ["name"]
         indexes = [models.Index(fields=["status", "last_heartbeat_at"])]
         constraints = [
             models.CheckConstraint(condition=Q(cpu_capacity__gte=0), name="node_cpu_capacity_gte_0"),
+            models.CheckConstraint(condition=Q(cpu_allocated__gte=0), name="node_cpu_allocated_gte_0"),
+            models.CheckConstraint(
+                condition=Q(memory_mb_allocated__gte=0), name="node_memory_mb_allocated_gte_0"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -60,7 +68,7 @@ class ResourceAllocation(models.Model):
     class Meta:
         ordering = ["-allocated_at"]
         indexes = [
-            # Free capacity = capacity - sum(active allocations): this partial index serves it.
+            # The counter repair sums active allocations per node: this partial index serves it.
             models.Index(fields=["node"], condition=Q(released_at__isnull=True), name="alloc_active_by_node"),
         ]
         constraints = [

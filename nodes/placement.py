@@ -1,74 +1,157 @@
-"""Resource-aware placement: pick an online node whose labels and free capacity fit, and reserve it.
+"""Resource-aware placement: reserve a demand's cpu and memory on an online node whose labels match.
 
-Policy: a `PlacementPolicy` subclass chooses among the nodes that fit (one hook, `choose`). The default,
-`LeastLoadedPolicy`, takes the node with the largest share of its CPU still free (ties: largest share of
-memory free, then name), which spreads work evenly over nodes of different sizes. Another policy is
-selected with the optional setting SCHEDULER_PLACEMENT_POLICY (a dotted path to the class).
+Counters: each node row carries what its active allocations reserve (`cpu_allocated`,
+`memory_mb_allocated`). A reservation is a conditional UPDATE of the chosen node's counters
+(`... WHERE cpu_allocated + x <= cpu_capacity`) written with the allocation row in the caller's
+transaction, so placements on different nodes never wait for each other, the cost of one placement does not
+grow with the number of nodes, and a node is never over-committed; a placement that loses the race for a
+node tries the next one. Releasing decrements. `capacity_counters_repair` recomputes counters from the
+allocation rows (the record) if they ever drift.
 
-Safety: `allocation_reserve` locks the candidate node rows (SELECT ... FOR UPDATE, in primary-key order so
-two placements never deadlock) before it sums their active allocations, so two concurrent placements on
-the same node are serialised and a node is never over-committed.
+Policy: a `PlacementPolicy` subclass orders the nodes that fit, best first, twice: `order_sql` (an ORDER BY
+over nodes_node's columns) when one demand is placed, in the same statement that reserves, and `sort_key`
+(the same order in Python) when a batch is planned in memory. The default, `LeastLoadedPolicy`, takes the
+node with the largest share of its CPU still free (then of its memory, then by name), which spreads work
+evenly over nodes of different sizes. SCHEDULER_PLACEMENT_POLICY names another (a dotted path).
+
+Callers (the jobs core) pass demands, never executions: the holder id is only written on the allocation row.
+Each transaction reserves through one call; a batch locks its nodes in id order, so batches never deadlock.
 """
 
 from __future__ import annotations
 
+import json
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any, ClassVar
 
 from django.conf import settings
-from django.db.models import Max, Sum
-from django.utils import timezone
+from django.db import connection, transaction
+from django.db.models import Max
 from django.utils.module_loading import import_string
 
-from nodes.models import Node, ResourceAllocation
+from nodes.models import Node
 
-if TYPE_CHECKING:
-    from jobs.models import Execution, Job
-
+logger = logging.getLogger(__name__)
 REASON_MAX_LENGTH = 255
+RACE_ROUNDS = 3  # a placement that lost its node to another one tries again this often
+
+
+def node_queue_name(name: str) -> str:
+    """The broker queue only the node `name` consumes."""
+    return f"node.{name}"
 
 
 @dataclass(frozen=True)
-class Placement:
-    """The outcome of a placement attempt."""
+class Demand:
+    """What one holder (an execution) needs: cpu, memory and the labels a node must have."""
 
-    allocation: ResourceAllocation | None
-    reason: str  # "" when placed; otherwise why nothing fits, for Execution.pending_reason
+    holder_id: int
+    cpu: Decimal
+    memory_mb: int
+    selector: Mapping[str, Any]
 
 
 @dataclass(frozen=True)
-class Candidate:
-    """An online node whose labels match, with what is still free on it."""
+class Reservation:
+    """Capacity reserved on a node (its counters raised, its allocation row written)."""
 
-    node: Node
-    free_cpu: Decimal
-    free_memory_mb: int
-
-    @property
-    def free_cpu_share(self) -> Decimal:
-        return self.free_cpu / self.node.cpu_capacity if self.node.cpu_capacity else Decimal(0)
+    node_id: int
+    node_name: str
 
     @property
-    def free_memory_share(self) -> float:
-        cap = self.node.memory_mb_capacity
-        return self.free_memory_mb / cap if cap else 0.0
+    def queue_name(self) -> str:
+        return node_queue_name(self.node_name)
+
+
+@dataclass(frozen=True)
+class NoFit:
+    """Nothing fits now; `reason` says why, for Execution.pending_reason."""
+
+    reason: str
+
+
+Placement = Reservation | NoFit
+
+
+@dataclass
+class Room:
+    """An online node as a batch plan sees it: capacity and what is allocated (updated as the plan books)."""
+
+    id: int
+    name: str
+    labels: dict[str, Any]
+    cpu_capacity: Decimal
+    cpu_allocated: Decimal
+    memory_mb_capacity: int
+    memory_mb_allocated: int
+
+    @property
+    def free_cpu(self) -> Decimal:
+        return self.cpu_capacity - self.cpu_allocated
+
+    @property
+    def free_memory_mb(self) -> int:
+        return self.memory_mb_capacity - self.memory_mb_allocated
+
+    @property
+    def free_cpu_share(self) -> Decimal | None:
+        return self.free_cpu / self.cpu_capacity if self.cpu_capacity else None
+
+    @property
+    def free_memory_share(self) -> float | None:
+        return self.free_memory_mb / self.memory_mb_capacity if self.memory_mb_capacity else None
+
+    def matches(self, selector: Mapping[str, Any]) -> bool:
+        return labels_match(self.labels, selector)
+
+    def fits(self, demand: Demand) -> bool:
+        return (
+            self.matches(demand.selector)
+            and self.free_cpu >= demand.cpu
+            and self.free_memory_mb >= demand.memory_mb
+        )
+
+
+def _json_equal(a: Any, b: Any) -> bool:
+    # jsonb equality: true is not 1, 1 is 1.0.
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool) and a == b
+    return bool(a == b)
+
+
+def labels_match(labels: Mapping[str, Any], selector: Mapping[str, Any]) -> bool:
+    """labels @> selector, as PostgreSQL's jsonb containment decides it for flat label objects."""
+    return all(key in labels and _json_equal(labels[key], value) for key, value in selector.items())
+
+
+def _desc_none_last(value: Decimal | float | None) -> tuple[int, Decimal | float]:
+    return (1, 0) if value is None else (0, -value)
 
 
 class PlacementPolicy:
-    """Chooses one node among candidates that all fit the job; subclass and override `choose`."""
+    """Orders fitting nodes best first; subclass and set both `order_sql` and `sort_key` (same order)."""
 
-    def choose(self, candidates: Sequence[Candidate], job: Job) -> Candidate:
-        raise NotImplementedError
+    order_sql: ClassVar[str] = "id"
+
+    def sort_key(self, room: Room) -> tuple[Any, ...]:
+        return (room.id,)
 
 
 class LeastLoadedPolicy(PlacementPolicy):
     """The node with the largest free CPU share, then the largest free memory share, then by name."""
 
-    def choose(self, candidates: Sequence[Candidate], job: Job) -> Candidate:
-        return min(candidates, key=lambda c: (-c.free_cpu_share, -c.free_memory_share, c.node.name))
+    order_sql = (
+        "(cpu_capacity - cpu_allocated) / NULLIF(cpu_capacity, 0) DESC NULLS LAST, "
+        "(memory_mb_capacity - memory_mb_allocated)::float8 / NULLIF(memory_mb_capacity, 0) DESC NULLS LAST, "
+        'name COLLATE "C"'
+    )
+
+    def sort_key(self, room: Room) -> tuple[Any, ...]:
+        return (_desc_none_last(room.free_cpu_share), _desc_none_last(room.free_memory_share), room.name)
 
 
 @cache
@@ -95,71 +178,255 @@ def _with_labels(selector: Mapping[str, Any]) -> str:
     return f" with labels {format_labels(selector)}" if selector else ""
 
 
-def _candidates(nodes: Sequence[Node]) -> list[Candidate]:
-    """Free capacity of each node: capacity minus the sum of its active allocations."""
-    used = {
-        row["node_id"]: row
-        for row in ResourceAllocation.objects.filter(node__in=nodes, released_at__isnull=True)
-        .values("node_id")
-        .annotate(cpu=Sum("cpu"), memory_mb=Sum("memory_mb"))
-        .order_by()
-    }
-    result = []
-    for node in nodes:
-        row = used.get(node.pk, {})
-        result.append(
-            Candidate(
-                node=node,
-                free_cpu=node.cpu_capacity - (row.get("cpu") or Decimal(0)),
-                free_memory_mb=node.memory_mb_capacity - (row.get("memory_mb") or 0),
-            )
-        )
-    return result
-
-
-def _no_fit_reason(candidates: Sequence[Candidate], job: Job) -> str:
-    selector = job.node_selector or {}
-    if not candidates:
-        return _truncate(f"no online node{_with_labels(selector)}")
-    best = max(candidates, key=lambda c: (c.free_cpu, c.free_memory_mb))
+def _no_fit_reason(demand: Demand, rooms: Sequence[Room]) -> str:
+    matching = [room for room in rooms if room.matches(demand.selector)]
+    if not matching:
+        return _truncate(f"no online node{_with_labels(demand.selector)}")
+    best = max(matching, key=lambda r: (r.free_cpu, r.free_memory_mb))
     return _truncate(
-        f"waiting for capacity: no online node{_with_labels(selector)} has {job.cpu} cpu and "
-        f"{job.memory_mb} MB free (most free: {best.node.name} with {best.free_cpu} cpu, "
+        f"waiting for capacity: no online node{_with_labels(demand.selector)} has {demand.cpu} cpu and "
+        f"{demand.memory_mb} MB free (most free: {best.name} with {best.free_cpu} cpu, "
         f"{best.free_memory_mb} MB)"
     )
 
 
-def allocation_reserve(*, execution: Execution, fresh: bool = False) -> Placement:
-    """Reserve the job's cpu and memory on a fitting online node; call inside transaction.atomic().
+# --- reserve ----------------------------------------------------------------------------------
 
-    `fresh`: the execution was inserted by this transaction, so it has no allocation row yet.
+_ROOM_COLUMNS = "id, name, labels, cpu_capacity, cpu_allocated, memory_mb_capacity, memory_mb_allocated"
+
+
+def _rooms(selector: Mapping[str, Any] | None = None) -> list[Room]:
+    sql = f"SELECT {_ROOM_COLUMNS} FROM nodes_node WHERE status = 'online'"  # noqa: S608 - constant
+    params: list[Any] = []
+    if selector:
+        sql += " AND labels @> %s::jsonb"
+        params.append(json.dumps(dict(selector)))
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return [
+        Room(
+            id=pk,
+            name=name,
+            labels=json.loads(labels) if isinstance(labels, str) else labels,
+            cpu_capacity=cpu_cap,
+            cpu_allocated=cpu_alloc,
+            memory_mb_capacity=mem_cap,
+            memory_mb_allocated=mem_alloc,
+        )
+        for pk, name, labels, cpu_cap, cpu_alloc, mem_cap, mem_alloc in rows
+    ]
+
+
+_RESERVE_ONE = """
+WITH chosen AS (
+    UPDATE nodes_node AS n
+    SET cpu_allocated = n.cpu_allocated + %(cpu)s, memory_mb_allocated = n.memory_mb_allocated + %(mem)s
+    WHERE n.id = (
+        SELECT c.id FROM nodes_node AS c
+        WHERE c.status = 'online' AND c.labels @> %(selector)s::jsonb
+          AND c.cpu_allocated + %(cpu)s <= c.cpu_capacity
+          AND c.memory_mb_allocated + %(mem)s <= c.memory_mb_capacity
+        ORDER BY {order} LIMIT 1
+    )
+      AND n.status = 'online'
+      AND n.cpu_allocated + %(cpu)s <= n.cpu_capacity
+      AND n.memory_mb_allocated + %(mem)s <= n.memory_mb_capacity
+    RETURNING n.id, n.name
+),
+alloc AS (
+    INSERT INTO nodes_resourceallocation (node_id, execution_id, cpu, memory_mb, allocated_at, released_at)
+    SELECT id, %(holder)s, %(cpu)s, %(mem)s, clock_timestamp(), NULL FROM chosen
+    ON CONFLICT (execution_id) DO UPDATE SET node_id = EXCLUDED.node_id, cpu = EXCLUDED.cpu,
+        memory_mb = EXCLUDED.memory_mb, allocated_at = EXCLUDED.allocated_at, released_at = NULL
+    RETURNING node_id
+)
+SELECT id, name FROM chosen
+"""
+
+# Allocation rows for a planned batch; a holder placed before (released row) reuses its row.
+_INSERT_ALLOCATIONS = """
+INSERT INTO nodes_resourceallocation (node_id, execution_id, cpu, memory_mb, allocated_at, released_at)
+SELECT v.node_id, v.holder, v.cpu, v.mem, clock_timestamp(), NULL
+FROM unnest(%s::bigint[], %s::bigint[], %s::numeric[], %s::bigint[]) AS v(node_id, holder, cpu, mem)
+ON CONFLICT (execution_id) DO UPDATE SET node_id = EXCLUDED.node_id, cpu = EXCLUDED.cpu,
+    memory_mb = EXCLUDED.memory_mb, allocated_at = EXCLUDED.allocated_at, released_at = NULL
+"""
+
+_BOOK = """
+UPDATE nodes_node AS n
+SET cpu_allocated = n.cpu_allocated + v.cpu, memory_mb_allocated = n.memory_mb_allocated + v.mem
+FROM unnest(%s::bigint[], %s::numeric[], %s::bigint[]) AS v(id, cpu, mem)
+WHERE n.id = v.id AND n.status = 'online'
+  AND n.cpu_allocated + v.cpu <= n.cpu_capacity AND n.memory_mb_allocated + v.mem <= n.memory_mb_capacity
+RETURNING n.id
+"""
+
+
+def capacity_reserve(*, demands: Sequence[Demand]) -> list[Placement]:
+    """Reserve each demand on a fitting online node (or say why not); call inside transaction.atomic().
+
+    Every holder must have no active allocation (a fresh execution, or one whose allocation was released).
     """
-    existing = None if fresh else ResourceAllocation.objects.filter(execution=execution).first()
-    if existing is not None and existing.released_at is None:
-        return Placement(allocation=existing, reason="")  # already placed: idempotent
-    job = execution.job
-    selector = job.node_selector or {}
-    nodes = list(
-        Node.objects.select_for_update()
-        .filter(status=Node.Status.ONLINE, labels__contains=selector)
-        .order_by("pk")
-    )
-    candidates = _candidates(nodes)
-    fitting = [c for c in candidates if c.free_cpu >= job.cpu and c.free_memory_mb >= job.memory_mb]
-    if not fitting:
-        return Placement(allocation=None, reason=_no_fit_reason(candidates, job))
-    chosen = placement_policy().choose(fitting, job)
-    if existing is not None:
-        # One allocation row per execution (one-to-one): a re-placed execution reuses its released row.
-        existing.node = chosen.node
-        existing.cpu, existing.memory_mb = job.cpu, job.memory_mb
-        existing.allocated_at, existing.released_at = timezone.now(), None
-        existing.save(update_fields=["node", "cpu", "memory_mb", "allocated_at", "released_at"])
-        return Placement(allocation=existing, reason="")
-    allocation = ResourceAllocation.objects.create(
-        node=chosen.node, execution=execution, cpu=job.cpu, memory_mb=job.memory_mb
-    )
-    return Placement(allocation=allocation, reason="")
+    if not demands:
+        return []
+    if not transaction.get_connection().in_atomic_block:
+        raise RuntimeError("capacity_reserve must run inside transaction.atomic()")
+    if len(demands) == 1:
+        return [_reserve_one(demands[0])]
+    return _reserve_many(demands)
+
+
+def _reserve_one(demand: Demand) -> Placement:
+    sql = _RESERVE_ONE.format(order=placement_policy().order_sql)
+    params: dict[str, Any] = {
+        "cpu": demand.cpu,
+        "mem": demand.memory_mb,
+        "selector": json.dumps(dict(demand.selector)),
+        "holder": demand.holder_id,
+    }
+    for _ in range(RACE_ROUNDS):
+        with connection.cursor() as cursor:
+            cursor.execute(sql, params)
+            row = cursor.fetchone()
+        if row is not None:
+            return Reservation(node_id=row[0], node_name=row[1])
+        rooms = _rooms(demand.selector)
+        if not any(room.fits(demand) for room in rooms):
+            return NoFit(_no_fit_reason(demand, rooms))
+        # A node fits now: another placement took the one we chose meanwhile. Choose again.
+    return NoFit(_no_fit_reason(demand, _rooms(demand.selector)))
+
+
+def _plan(demands: Sequence[Demand], todo: Sequence[int], rooms: list[Room]) -> dict[int, list[int]]:
+    """Book each demand on the best room that still fits, in memory; node id -> demand indexes."""
+    policy = placement_policy()
+    plan: dict[int, list[int]] = {}
+    for index in todo:
+        demand = demands[index]
+        fitting = [room for room in rooms if room.fits(demand)]
+        if not fitting:
+            continue
+        room = min(fitting, key=policy.sort_key)
+        room.cpu_allocated += demand.cpu
+        room.memory_mb_allocated += demand.memory_mb
+        plan.setdefault(room.id, []).append(index)
+    return plan
+
+
+def _book(plan: Mapping[int, Sequence[int]], demands: Sequence[Demand]) -> set[int]:
+    """Raise the counters of the planned nodes (locked in id order) where the plan still fits."""
+    node_ids = sorted(plan)
+    cpus = [sum((demands[i].cpu for i in plan[n]), Decimal(0)) for n in node_ids]
+    mems = [sum(demands[i].memory_mb for i in plan[n]) for n in node_ids]
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id FROM nodes_node WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [node_ids])
+        cursor.execute(_BOOK, [node_ids, cpus, mems])
+        return {row[0] for row in cursor.fetchall()}
+
+
+def _reserve_many(demands: Sequence[Demand]) -> list[Placement]:
+    results: list[Placement | None] = [None] * len(demands)
+    todo = list(range(len(demands)))
+    rooms: list[Room] = []
+    for _ in range(RACE_ROUNDS):
+        rooms = _rooms()
+        plan = _plan(demands, todo, rooms)
+        if not plan:
+            break
+        won = _book(plan, demands)
+        names = {room.id: room.name for room in rooms}
+        todo = [i for node_id, indexes in plan.items() if node_id not in won for i in indexes]
+        for node_id in won:
+            for index in plan[node_id]:
+                results[index] = Reservation(node_id=node_id, node_name=names[node_id])
+        if not todo:
+            break
+    placed = [(i, r) for i, r in enumerate(results) if isinstance(r, Reservation)]
+    if placed:
+        with connection.cursor() as cursor:
+            cursor.execute(
+                _INSERT_ALLOCATIONS,
+                [
+                    [r.node_id for _, r in placed],
+                    [demands[i].holder_id for i, _ in placed],
+                    [demands[i].cpu for i, _ in placed],
+                    [demands[i].memory_mb for i, _ in placed],
+                ],
+            )
+    fresh = _rooms() if todo else rooms
+    return [r if r is not None else NoFit(_no_fit_reason(demands[i], fresh)) for i, r in enumerate(results)]
+
+
+# --- release and repair -----------------------------------------------------------------------
+
+_RELEASE = """
+WITH a AS (
+    UPDATE nodes_resourceallocation SET released_at = clock_timestamp()
+    WHERE execution_id = ANY(%s) AND released_at IS NULL
+    RETURNING node_id, cpu, memory_mb
+),
+s AS (SELECT node_id, SUM(cpu) AS cpu, SUM(memory_mb) AS mem, COUNT(*) AS n FROM a GROUP BY node_id),
+u AS (
+    UPDATE nodes_node AS n
+    SET cpu_allocated = GREATEST(n.cpu_allocated - s.cpu, 0),
+        memory_mb_allocated = GREATEST(n.memory_mb_allocated - s.mem, 0)
+    FROM s WHERE n.id = s.node_id
+    RETURNING n.id
+)
+SELECT COALESCE(SUM(n), 0)::int FROM s
+"""
+
+
+def capacity_release(*, holder_ids: Sequence[int]) -> int:
+    """Release the holders' active allocations and lower their nodes' counters; how many were released.
+
+    One statement (atomic by itself, idempotent): call it inside the transaction that ends the holder.
+    """
+    if not holder_ids:
+        return 0
+    with connection.cursor() as cursor:
+        cursor.execute(_RELEASE, [list(holder_ids)])
+        row = cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+_DRIFT = """
+SELECT n.id FROM nodes_node AS n
+LEFT JOIN (
+    SELECT node_id, SUM(cpu) AS cpu, SUM(memory_mb) AS mem FROM nodes_resourceallocation
+    WHERE released_at IS NULL GROUP BY node_id
+) AS s ON s.node_id = n.id
+WHERE n.cpu_allocated <> COALESCE(s.cpu, 0) OR n.memory_mb_allocated <> COALESCE(s.mem, 0)
+"""
+
+_REPAIR_ONE = """
+UPDATE nodes_node AS n SET cpu_allocated = s.cpu, memory_mb_allocated = s.mem
+FROM (
+    SELECT COALESCE(SUM(cpu), 0) AS cpu, COALESCE(SUM(memory_mb), 0) AS mem
+    FROM nodes_resourceallocation WHERE node_id = %(id)s AND released_at IS NULL
+) AS s
+WHERE n.id = %(id)s AND (n.cpu_allocated <> s.cpu OR n.memory_mb_allocated <> s.mem)
+RETURNING n.name, n.cpu_allocated, n.memory_mb_allocated
+"""
+
+
+def capacity_counters_repair() -> list[str]:
+    """Set every node's counters to the sum of its active allocations where they differ; repaired names."""
+    with connection.cursor() as cursor:
+        cursor.execute(_DRIFT)
+        suspects = [row[0] for row in cursor.fetchall()]
+    repaired = []
+    for node_id in suspects:
+        # Lock the node first: the sum is then read after any placement on it committed (no lost update).
+        with transaction.atomic(), connection.cursor() as cursor:
+            cursor.execute("SELECT id FROM nodes_node WHERE id = %s FOR UPDATE", [node_id])
+            cursor.execute(_REPAIR_ONE, {"id": node_id})
+            row = cursor.fetchone()
+        if row is not None:
+            logger.warning("node %s: allocated counters drifted; repaired to %s cpu, %s MB", *row)
+            repaired.append(row[0])
+    return repaired
 
 
 def placement_impossible_reason(*, cpu: Decimal, memory_mb: int, node_selector: dict) -> str | None:

@@ -34,20 +34,13 @@ def _active_allocations_sum(field: str, output: DecimalField | IntegerField) -> 
 
 
 def nodes_with_usage(*, status: str | None = None) -> QuerySet[Node]:
-    """Nodes annotated with cpu_allocated and memory_mb_allocated (active allocations) and running."""
-    from jobs.models import Execution
-
-    running = (
-        Execution.objects.filter(node=OuterRef("pk"), status=Execution.Status.RUNNING)
-        .order_by()
-        .values("node")
-        .annotate(n=Count("pk"))
-        .values("n")
-    )
+    """Nodes annotated with cpu_reserved and memory_mb_reserved (sums of the active allocations, the
+    record the counters are repaired from) and running (executions running on them)."""
     nodes = Node.objects.annotate(
-        cpu_allocated=_active_allocations_sum("cpu", DecimalField(max_digits=9, decimal_places=3)),
-        memory_mb_allocated=_active_allocations_sum("memory_mb", IntegerField()),
-        running=Coalesce(Subquery(running, output_field=IntegerField()), Value(0)),
+        cpu_reserved=_active_allocations_sum("cpu", DecimalField(max_digits=9, decimal_places=3)),
+        memory_mb_reserved=_active_allocations_sum("memory_mb", IntegerField()),
+        # Through the reverse relation of Execution.node: no import of the jobs app.
+        running=Count("executions", filter=Q(executions__status="running"), distinct=True),
     )
     return nodes.filter(status=status) if status else nodes
 
@@ -100,10 +93,10 @@ def node_usage(node: Node) -> NodeUsage:
         labels=node.labels,
         last_heartbeat_at=node.last_heartbeat_at,
         cpu_capacity=node.cpu_capacity,
-        cpu_allocated=node.cpu_allocated,  # type: ignore[attr-defined]
+        cpu_allocated=node.cpu_reserved,  # type: ignore[attr-defined]
         cpu_used=round(node.cpu_percent / 100 * float(node.cpu_capacity), 3),
         memory_mb_capacity=node.memory_mb_capacity,
-        memory_mb_allocated=node.memory_mb_allocated,  # type: ignore[attr-defined]
+        memory_mb_allocated=node.memory_mb_reserved,  # type: ignore[attr-defined]
         memory_mb_used=node.memory_used_mb,
         running=node.running,  # type: ignore[attr-defined]
     )

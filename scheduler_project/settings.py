@@ -61,6 +61,7 @@ INSTALLED_APPS = [
     "accounts",
     "nodes",
     "jobs",
+    "worker",
     "monitoring",
 ]
 
@@ -170,6 +171,8 @@ SCHEDULER_NODE_LABELS = env.str("SCHEDULER_NODE_LABELS", default="")
 SCHEDULER_SWEEP_SECONDS = env.float("SCHEDULER_SWEEP_SECONDS", default=2.0)
 # Period of the broker reconciler, and how long an execution stays queued before it is checked.
 SCHEDULER_RECONCILE_SECONDS = env.float("SCHEDULER_RECONCILE_SECONDS", default=15.0)
+# How often the nodes' allocated counters are compared with their active allocations (and repaired).
+SCHEDULER_COUNTER_REPAIR_SECONDS = env.float("SCHEDULER_COUNTER_REPAIR_SECONDS", default=60.0)
 SCHEDULER_BEAT_LEASE_SECONDS = env.float("SCHEDULER_BEAT_LEASE_SECONDS", default=10.0)
 # Beat scheduler (jobs.beat): how often the leader looks for edited schedules, writes run bookkeeping
 # in one batch, and re-checks the whole enabled set; the margin covers commits that land after date_changed.
@@ -249,10 +252,12 @@ def _sweep(task: str, every: float, expire_after_periods: float) -> dict:
 
 
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
-    # nodes: offline detection (nodes missing heartbeats) and the broker reconciler (nodes/tasks.py).
+    # nodes: offline detection (missing heartbeats); counters checked against allocations (nodes/tasks.py).
     "nodes.reap_stale": _sweep("nodes.reap_stale", SCHEDULER_SWEEP_SECONDS, 5),
-    "nodes.reconcile_broker": _sweep("nodes.reconcile_broker", SCHEDULER_RECONCILE_SECONDS, 2),
-    # jobs: due retries become new attempts; pending executions are placed as capacity frees (jobs/tasks.py).
+    "nodes.repair_counters": _sweep("nodes.repair_counters", SCHEDULER_COUNTER_REPAIR_SECONDS, 2),
+    # jobs: what offline nodes held is recovered, due retries become new attempts, runs far past their
+    # timeout are lost; pending executions placed as capacity frees; the broker reconciler (jobs/tasks.py).
+    "jobs.reconcile_broker": _sweep("jobs.reconcile_broker", SCHEDULER_RECONCILE_SECONDS, 2),
     "jobs.sweep_retries": _sweep("jobs.sweep_retries", SCHEDULER_SWEEP_SECONDS, 5),
     "jobs.dispatch_pending": _sweep("jobs.dispatch_pending", SCHEDULER_SWEEP_SECONDS, 5),
     # monitoring: alert evaluation and delivery; daily retention pruning (monitoring/tasks.py).
@@ -268,6 +273,9 @@ CELERY_TASK_ROUTES = {
     "jobs.fire": {"queue": "default"},
     "jobs.dispatch_pending": {"queue": "default"},
     "jobs.sweep_retries": {"queue": "default"},
+    "nodes.reap_stale": {"queue": "default"},
+    "jobs.reconcile_broker": {"queue": "default"},
+    "nodes.repair_counters": {"queue": "default"},
     "jobs.dead_letter": {"queue": "dead_letter"},
 }
 
@@ -292,6 +300,8 @@ REST_FRAMEWORK = {
 DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("SCHEDULER_MAX_REQUEST_BYTES", default=2 * 1024 * 1024)
 # A job's payload (and any JSON object field) as compact JSON; room for an http job's 1 MiB body.
 SCHEDULER_MAX_PAYLOAD_BYTES = env.int("SCHEDULER_MAX_PAYLOAD_BYTES", default=1280 * 1024)
+# Items of one bulk request (jobs/bulk/, jobs/bulk-run/) and of one job_submit --file list.
+SCHEDULER_BULK_MAX_ITEMS = env.int("SCHEDULER_BULK_MAX_ITEMS", default=1000)
 # --- Tokens and login (accounts) ------------------------------------------------------------
 SCHEDULER_TOKEN_TTL_HOURS = env.float("SCHEDULER_TOKEN_TTL_HOURS", default=10.0)
 SCHEDULER_LOGIN_MAX_FAILURES = env.int("SCHEDULER_LOGIN_MAX_FAILURES", default=5)

@@ -6,7 +6,7 @@ jobs services' (jobs.validation), whose errors the views return as 400 with the 
 
 from __future__ import annotations
 
-import json
+from collections.abc import Mapping
 from typing import Any
 
 from django.conf import settings
@@ -14,11 +14,19 @@ from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from jobs.models import DeadLetter, Execution, Job, JobSchedule
-
-from .fields import Boolean, DateTimeText, Integer, Number, Text
-
-INT32_MAX = 2**31 - 1
-SMALLINT_MAX = 2**15 - 1
+from scheduler_project.api.base import NON_FIELD
+from scheduler_project.api.fields import (
+    INT32_MAX,
+    SMALLINT_MAX,
+    Boolean,
+    DateTimeText,
+    Integer,
+    LabelsField,
+    Number,
+    SizedJSONField,
+    Text,
+)
+from scheduler_project.api.filters import ID_MAX
 
 # API name -> jobs.schedules name (the service's), and back for error keys.
 SCHEDULE_IN = {"at": "run_at", "expression": "cron_expression"}
@@ -30,32 +38,17 @@ ERROR_KEYS = {
     "schedule.cron_expression": "schedule.expression",
     "idempotency_key": "Idempotency-Key",
 }
+BULK_FIELD = "jobs"  # the list in a bulk request body; its errors are "jobs.<index>.<field>"
 
 
-class SizedJSONField(serializers.JSONField):
-    """Any JSON value whose compact encoding is at most SCHEDULER_MAX_PAYLOAD_BYTES."""
-
-    def to_internal_value(self, data: Any) -> Any:
-        value = super().to_internal_value(data)
-        limit = settings.SCHEDULER_MAX_PAYLOAD_BYTES
-        if len(json.dumps(value, separators=(",", ":")).encode()) > limit:
-            raise serializers.ValidationError(f"must be at most {limit} bytes as JSON")
-        return value
-
-
-@extend_schema_field(
-    {"type": "object", "additionalProperties": {"type": "string"}, "example": {"region": "eu"}}
-)
-class LabelsField(SizedJSONField):
-    """An object of label names to string values."""
-
-    def to_internal_value(self, data: Any) -> Any:
-        value = super().to_internal_value(data)
-        if value is not None and not (
-            isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
-        ):
-            raise serializers.ValidationError("must be an object of label names to string values")
-        return value
+def bulk_error_key(key: str) -> str:
+    """A bulk service's error key as the API names it ("3.cpu" -> "jobs.3.resources.cpu")."""
+    index, _, field = key.partition(".")
+    if index.isdigit():
+        return f"{BULK_FIELD}.{index}.{ERROR_KEYS.get(field, field)}" if field else f"{BULK_FIELD}.{index}"
+    if key == NON_FIELD:
+        return BULK_FIELD  # about the list itself: empty, too long
+    return ERROR_KEYS.get(key, key)
 
 
 class ScheduleSerializer(serializers.Serializer):
@@ -170,10 +163,15 @@ class JobSerializer(serializers.Serializer):
 
     def service_kwargs(self) -> dict[str, Any]:
         """The validated input as keyword arguments of job_create / job_update."""
-        data = dict(self.validated_data)
-        if "schedule" in data and data["schedule"] is not None:
-            data["schedule"] = {SCHEDULE_IN.get(k, k): v for k, v in data["schedule"].items()}
-        return data
+        return job_service_kwargs(self.validated_data)
+
+
+def job_service_kwargs(validated: Mapping[str, Any]) -> dict[str, Any]:
+    """One job's validated input as keyword arguments of job_create / job_update (or a bulk item)."""
+    data = dict(validated)
+    if "schedule" in data and data["schedule"] is not None:
+        data["schedule"] = {SCHEDULE_IN.get(k, k): v for k, v in data["schedule"].items()}
+    return data
 
 
 def _schedule_of(job: Job) -> JobSchedule | None:
@@ -181,6 +179,61 @@ def _schedule_of(job: Job) -> JobSchedule | None:
         return job.schedule
     except JobSchedule.DoesNotExist:
         return None
+
+
+class _JobItems(serializers.ListField):
+    """The jobs of a bulk request, each checked as POST jobs/ checks one; a bad one leaves None.
+
+    Its errors are kept (item_errors), not raised, so that the service can still check the other items.
+    """
+
+    def run_child_validation(self, data: list[Any]) -> list[Any]:
+        if self.max_length is not None and len(data) > self.max_length:
+            self.fail("max_length", max_length=self.max_length)  # before checking a thousand and one
+        items: list[Any] = []
+        self.item_errors: dict[str, Any] = {}
+        for index, item in enumerate(data):
+            try:
+                items.append(job_service_kwargs(self.child.run_validation(item)))
+            except serializers.ValidationError as exc:
+                items.append(None)
+                self.item_errors[str(index)] = exc.detail
+        return items
+
+
+class JobBulkSerializer(serializers.Serializer):
+    """POST jobs/bulk/: {"jobs": [job, ...]}, 1 to SCHEDULER_BULK_MAX_ITEMS jobs as POST jobs/ takes them."""
+
+    jobs = _JobItems(child=JobSerializer(), min_length=1)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit = settings.SCHEDULER_BULK_MAX_ITEMS
+        self.fields[BULK_FIELD] = _JobItems(child=JobSerializer(), min_length=1, max_length=limit)
+
+    def items_and_errors(self) -> tuple[list[dict[str, Any] | None], dict[str, Any]]:
+        """Each item's job_create arguments (None where its JSON types are wrong), and those items' errors."""
+        field = self.fields[BULK_FIELD]
+        return self.validated_data[BULK_FIELD], getattr(field, "item_errors", {})
+
+
+class JobBulkResultSerializer(serializers.Serializer):
+    """The jobs of a bulk submission, in the order of the request's items."""
+
+    jobs = JobSerializer(many=True, read_only=True)
+
+
+class JobBulkRunSerializer(serializers.Serializer):
+    """POST jobs/bulk-run/: {"jobs": [id, ...]}, 1 to SCHEDULER_BULK_MAX_ITEMS ids of jobs to run now."""
+
+    jobs = serializers.ListField(child=Integer(min_value=1, max_value=ID_MAX), min_length=1)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        limit = settings.SCHEDULER_BULK_MAX_ITEMS
+        self.fields[BULK_FIELD] = serializers.ListField(
+            child=Integer(min_value=1, max_value=ID_MAX), min_length=1, max_length=limit
+        )
 
 
 class ExecutionSerializer(serializers.ModelSerializer):
@@ -224,6 +277,12 @@ class ExecutionDetailSerializer(ExecutionSerializer):
     class Meta(ExecutionSerializer.Meta):
         fields = [*ExecutionSerializer.Meta.fields, "output"]
         read_only_fields = fields
+
+
+class ExecutionBulkSerializer(serializers.Serializer):
+    """The executions a bulk run started, in the order of the request's job ids."""
+
+    executions = ExecutionDetailSerializer(many=True, read_only=True)
 
 
 class DeadLetterSerializer(serializers.ModelSerializer):

@@ -13,7 +13,7 @@ from django.db import IntegrityError
 from django.db.models import OuterRef, QuerySet, Subquery
 from django.db.models.functions import JSONObject
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse, extend_schema, extend_schema_view
-from rest_framework import mixins, status, viewsets
+from rest_framework import exceptions, mixins, status, viewsets
 from rest_framework.decorators import action
 from rest_framework.request import Request
 from rest_framework.response import Response
@@ -22,15 +22,21 @@ from rest_framework.serializers import BaseSerializer
 from accounts.permissions import CanSubmit, scope_to_user
 from jobs import services
 from jobs.models import DeadLetter, Execution, Job
+from scheduler_project.api.base import ApiSchema, ApiViewMixin, Conflict, service_errors
 
-from .base import ApiSchema, ApiViewMixin, Conflict, service_errors
 from .filters import DeadLetterFilter, ExecutionFilter, JobFilter
 from .serializers import (
+    BULK_FIELD,
     ERROR_KEYS,
     DeadLetterSerializer,
+    ExecutionBulkSerializer,
     ExecutionDetailSerializer,
     ExecutionSerializer,
+    JobBulkResultSerializer,
+    JobBulkRunSerializer,
+    JobBulkSerializer,
     JobSerializer,
+    bulk_error_key,
 )
 
 IDEMPOTENCY_HEADER = OpenApiParameter(
@@ -39,6 +45,13 @@ IDEMPOTENCY_HEADER = OpenApiParameter(
     OpenApiParameter.HEADER,
     required=False,
     description="Repeat a create safely: the same key (per user) returns the job it created, with 200.",
+)
+BULK_IDEMPOTENCY_HEADER = OpenApiParameter(
+    "Idempotency-Key",
+    str,
+    OpenApiParameter.HEADER,
+    required=False,
+    description="Repeat a bulk create safely: the same key (per user) returns the jobs it created, with 200.",
 )
 _CONFLICT = OpenApiResponse(description="Not in a state this action applies to", response=dict)
 
@@ -127,6 +140,58 @@ class JobViewSet(
                 raise
             return self._job_response(existing)
         return self._job_response(job, status.HTTP_201_CREATED)
+
+    @extend_schema(
+        summary="Submit up to SCHEDULER_BULK_MAX_ITEMS jobs at once: all are created, or none",
+        parameters=[BULK_IDEMPOTENCY_HEADER],
+        request=JobBulkSerializer,
+        responses={
+            201: JobBulkResultSerializer,
+            200: OpenApiResponse(JobBulkResultSerializer, "Idempotent repeat"),
+        },
+    )
+    @action(detail=False, methods=["post"], url_path="bulk")
+    def bulk(self, request: Request) -> Response:
+        serializer = JobBulkSerializer(data=request.data, context=self.get_serializer_context())
+        serializer.is_valid(raise_exception=True)
+        items, type_errors = serializer.items_and_errors()
+        key = request.headers.get("Idempotency-Key", "").strip()
+        with service_errors(bulk_error_key):
+            if type_errors:
+                # Some items have wrong JSON types: the answer still names what is wrong with the others.
+                found = services.jobs_bulk_errors(items=items)
+                raise exceptions.ValidationError(
+                    {BULK_FIELD: type_errors, **{bulk_error_key(k): v for k, v in found.items()}}
+                )
+            result = services.jobs_create_bulk(owner=request.user, items=items, idempotency_key=key)
+        ids = [job.pk for job in result.jobs]
+        fresh = (
+            Job.objects.select_related("owner", "schedule")
+            .annotate(last_execution_data=_last_execution())
+            .in_bulk(ids)
+        )
+        data = JobBulkResultSerializer(
+            {"jobs": [fresh[pk] for pk in ids]}, context=self.get_serializer_context()
+        )
+        return Response(data.data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+
+    @extend_schema(
+        summary="Run up to SCHEDULER_BULK_MAX_ITEMS jobs now: an execution for each, or none",
+        request=JobBulkRunSerializer,
+        responses={201: ExecutionBulkSerializer},
+    )
+    @action(detail=False, methods=["post"], url_path="bulk-run")
+    def bulk_run(self, request: Request) -> Response:
+        serializer = JobBulkRunSerializer(data=request.data)
+        serializer.is_valid(raise_exception=True)
+        with service_errors(bulk_error_key):
+            executions = services.jobs_trigger_bulk(
+                actor=request.user, jobs=serializer.validated_data["jobs"]
+            )
+        ids = [execution.pk for execution in executions]
+        fresh = Execution.objects.select_related("job", "node").in_bulk(ids)
+        data = ExecutionBulkSerializer({"executions": [fresh[pk] for pk in ids]}).data
+        return Response(data, status=status.HTTP_201_CREATED)
 
     def partial_update(self, request: Request, *args: Any, **kwargs: Any) -> Response:
         job = self.get_object()

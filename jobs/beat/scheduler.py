@@ -1,6 +1,10 @@
 """JobScheduler: a celery beat scheduler over django-celery-beat's models whose cost per firing is flat.
 
-Due entries come from a heap keyed on their next slot, edits reload only the rows that changed
+Due entries come from a heap keyed on their next slot. Job firings (task `jobs.fire`) are not sent as
+tasks: the leader collects the slots due in a tick and fires them in-process in batches
+(`jobs.services.firing.slots_fire`: one INSERT for the batch, placement, `jobs.execute` published after
+commit), so a run costs one broker message. Other entries (the sweeps) are sent as tasks. Edits reload only
+the rows that changed
 (PeriodicTask.date_changed, with PeriodicTasks.last_update as the cheap "something changed" signal),
 and run bookkeeping (last_run_at, total_run_count) is written in one statement every few seconds.
 Only the holder of the Redis leader lease fires; the unique (job, scheduled_for, attempt) constraint on
@@ -28,15 +32,20 @@ from django_celery_beat.models import (
     PeriodicTask,
     PeriodicTasks,
 )
+from django_celery_beat.schedulers import ModelEntry
 
+from ..services.firing import Slot, slots_fire
 from .entries import ROW_FIELDS, BeatEntry, entry_from_row, utc_iso
 from .lease import LEASE_KEY, LeaderLease, lease_seconds, redis_client
 from .slots import slot_next
 
 logger = logging.getLogger(__name__)
 
+# Entries of this task are job firings: fired in-process, in batches, instead of sent as tasks.
+FIRE_TASK = "jobs.fire"
+FIRE_BATCH_MAX = 500  # slots per firing transaction (a burst of 10,000 is 20 short transactions)
 # Tasks that receive the slot as the "scheduled_for" kwarg (contract.md); every task gets it as a header.
-SLOT_KWARG_TASKS = frozenset({"jobs.fire"})
+SLOT_KWARG_TASKS = frozenset({FIRE_TASK})
 _SCHEDULE_MODELS = {"interval": IntervalSchedule, "crontab": CrontabSchedule, "clocked": ClockedSchedule}
 _SIG_FIELDS = {
     "interval": ("every", "period"),
@@ -157,8 +166,6 @@ class JobScheduler(Scheduler):
 
     def _install_static_entries(self) -> None:
         """Install settings.CELERY_BEAT_SCHEDULE as PeriodicTask rows, as django-celery-beat does."""
-        from django_celery_beat.schedulers import ModelEntry
-
         for name, fields in (self.app.conf.beat_schedule or {}).items():
             try:
                 defaults = ModelEntry._unpack_fields(**fields)
@@ -208,27 +215,37 @@ class JobScheduler(Scheduler):
         self._disable[entry.pk] = entry.date_changed
 
     def _fire_due(self) -> float:
-        """Send every entry whose slot has come (within a time budget); return the delay to the next."""
+        """Fire every entry whose slot has come (within a time budget); return the delay to the next."""
         budget_end = time.monotonic() + 1.0
         renew_at = time.monotonic() + self.lease.seconds / 4
-        while self._due:
-            now = utcnow()
-            ts, _, entry = self._due[0]
-            if ts > now.timestamp():
-                return min(ts - now.timestamp(), self.max_interval, self.sync_seconds)
-            if time.monotonic() >= renew_at:
-                renew_at = time.monotonic() + self.lease.seconds / 4
-                if not self.lease.hold():
-                    self._step_down()
-                    return 0.0
-            if not self.lease.valid() or time.monotonic() >= budget_end:
-                return 0.0  # let the next tick renew the lease, sync and flush first
-            heapq.heappop(self._due)
-            if self._entries.get(entry.pk) is not entry or entry.next_slot is None:
-                continue  # reloaded or removed since it was pushed
-            if not self._fire(entry, entry.next_slot, now):
-                return 1.0  # the broker is away; try again shortly
-        return min(self.max_interval, self.sync_seconds)
+        batch: list[tuple[BeatEntry, datetime]] = []
+        try:
+            while self._due:
+                now = utcnow()
+                ts, _, entry = self._due[0]
+                if ts > now.timestamp():
+                    return min(ts - now.timestamp(), self.max_interval, self.sync_seconds)
+                if time.monotonic() >= renew_at:
+                    renew_at = time.monotonic() + self.lease.seconds / 4
+                    if not self.lease.hold():
+                        batch.clear()  # not ours to fire any more; the new leader fires them
+                        self._step_down()
+                        return 0.0
+                if not self.lease.valid() or time.monotonic() >= budget_end:
+                    return 0.0  # let the next tick renew the lease, sync and flush first
+                heapq.heappop(self._due)
+                if self._entries.get(entry.pk) is not entry or entry.next_slot is None:
+                    continue  # reloaded or removed since it was pushed
+                if entry.task == FIRE_TASK:
+                    batch.append((entry, entry.next_slot))
+                    if len(batch) >= FIRE_BATCH_MAX and not self._fire_batch(batch):
+                        return 1.0
+                elif not self._fire(entry, entry.next_slot, now):
+                    return 1.0  # the broker is away; try again shortly
+            return min(self.max_interval, self.sync_seconds)
+        finally:
+            if batch and self._leading:
+                self._fire_batch(batch)
 
     def _fire(self, entry: BeatEntry, slot: datetime, now: datetime) -> bool:
         try:
@@ -237,6 +254,10 @@ class JobScheduler(Scheduler):
             logger.exception("beat: could not send %s for %s; retrying", entry.name, utc_iso(slot))
             heapq.heappush(self._due, (now.timestamp() + 1.0, next(self._seq), entry))
             return False
+        self._fired(entry, slot, now)
+        return True
+
+    def _fired(self, entry: BeatEntry, slot: datetime, now: datetime) -> None:
         self.stats["sent"] += 1
         entry.last_slot = slot
         _, count = self._pending.get(entry.pk, (slot, 0))
@@ -245,7 +266,36 @@ class JobScheduler(Scheduler):
             self._retire(entry)
         else:
             self._push(entry, now)
+
+    def _fire_batch(self, batch: list[tuple[BeatEntry, datetime]]) -> bool:
+        """Fire a batch of job slots in one transaction; on failure they are retried in a second."""
+        now = utcnow()
+        try:
+            created = self.fire_slots(batch)
+        except Exception:
+            logger.exception("beat: could not fire %d slot(s); retrying", len(batch))
+            for entry, _ in batch:
+                heapq.heappush(self._due, (now.timestamp() + 1.0, next(self._seq), entry))
+            batch.clear()
+            return False
+        logger.info("beat: fired %d slot(s): %d new execution(s)", len(batch), len(created))
+        for entry, slot in batch:
+            self._fired(entry, slot, now)
+        batch.clear()
         return True
+
+    def fire_slots(self, batch: list[tuple[BeatEntry, datetime]]) -> list[int]:
+        """Create, place and publish the executions of these job slots (one transaction); their ids."""
+        slots = []
+        for entry, slot in batch:
+            job_id = entry.kwargs.get("job_id")
+            if isinstance(job_id, int) and not isinstance(job_id, bool):
+                slots.append(Slot(job_id=job_id, scheduled_for=slot))
+            else:
+                logger.error(
+                    "beat: %s has no integer job_id in its kwargs; slot %s dropped", entry.name, slot
+                )
+        return slots_fire(slots=slots)
 
     def send_entry(self, entry: BeatEntry, slot: datetime) -> Any:
         """Publish one firing; the slot goes in the scheduled_for kwarg (jobs.fire) and header (all)."""

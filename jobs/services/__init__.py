@@ -1,7 +1,16 @@
-"""Writes of the jobs app: plain keyword-only functions, atomic, every status change conditional."""
+"""Writes of the jobs app: plain keyword-only functions, atomic, every status change through executions.py."""
 
+from .bulk import (
+    BulkCreated,
+    ItemsPermissionDenied,
+    jobs_bulk_errors,
+    jobs_create_bulk,
+    jobs_trigger_bulk,
+)
 from .executions import (
+    IllegalTransition,
     execution_cancel,
+    execution_capacity_release,
     execution_claim,
     execution_finish,
     execution_mark_lost,
@@ -10,6 +19,18 @@ from .executions import (
     execution_requeue,
     execution_stop_reason,
     executions_overdue_sweep,
+    executions_recover_node,
+    executions_recover_offline,
+)
+from .firing import (
+    dead_letter_replay,
+    execution_republish,
+    executions_start,
+    fire,
+    pending_place,
+    pending_place_pass,
+    retries_sweep,
+    slots_fire,
 )
 from .jobs import (
     job_create,
@@ -20,34 +41,42 @@ from .jobs import (
     job_update,
     shell_permission_check,
 )
-from .retries import (
-    dead_letter_discard,
-    dead_letter_replay,
-    execution_failure_handle,
-    retries_sweep,
-    retry_delay_seconds,
-)
+from .retries import dead_letter_discard, retry_delay_seconds
 
 __all__ = [
+    "BulkCreated",
+    "ItemsPermissionDenied",
+    "IllegalTransition",
     "dead_letter_discard",
     "dead_letter_replay",
     "execution_cancel",
+    "execution_capacity_release",
     "execution_claim",
-    "execution_failure_handle",
     "execution_finish",
     "execution_mark_lost",
     "execution_output_store",
     "execution_progress_store",
+    "execution_republish",
     "execution_requeue",
     "execution_stop_reason",
     "executions_overdue_sweep",
+    "executions_recover_node",
+    "executions_recover_offline",
+    "executions_start",
+    "fire",
     "job_create",
     "job_delete",
     "job_pause",
     "job_resume",
     "job_trigger",
     "job_update",
+    "jobs_bulk_errors",
+    "jobs_create_bulk",
+    "jobs_trigger_bulk",
+    "pending_place",
+    "pending_place_pass",
     "retries_sweep",
     "retry_delay_seconds",
     "shell_permission_check",
+    "slots_fire",
 ]

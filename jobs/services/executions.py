@@ -1,32 +1,400 @@
-"""Execution state changes: claim, finish (fenced), cancel, lost; each one a conditional update."""
+"""Execution state: the only module that writes `Execution.status`.
+
+`TRANSITIONS` says which status may become which, and what the change does besides (its effects: free the
+reserved capacity, decide a retry or a dead letter, publish to the node's queue, nudge a placement pass).
+`transition()` is the one conditional update every change goes through: it locks the rows that are still in
+an allowed source status, moves them in one statement and returns what the effects need, so the number of
+rows returned tells a caller whether it won. Firing, placement, the worker (claim, finish), cancel, node
+recovery, the reconciler's sweeps and the retry sweep all call the functions below; nothing else writes
+the column (tests/jobs/test_state.py checks both the table and that rule).
+
+Statuses: pending -> queued -> running -> succeeded | retrying | dead | timed_out | lost | cancelled;
+pending/queued/running -> cancelled; pending -> skipped (a policy declined the slot); queued -> pending
+(its node left before it started: placed again without using an attempt); queued/running -> lost.
+A plain failure ends `retrying` (attempts left) or `dead`; `timed_out` and `lost` keep saying what happened
+and their JobRetry / DeadLetter row carries the decision. `failed` is kept for old rows and is not written.
+"""
 
 from __future__ import annotations
 
+import enum
+import json
 import logging
-import os
 import uuid
-from datetime import timedelta
+from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
 
 import psutil
-from django.db import transaction
+from django.db import connection, transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F
 from django.utils import timezone
+from psycopg.types.json import Jsonb
 
+from nodes.models import Node, ResourceAllocation
+from nodes.placement import capacity_release
+
+from .. import messages
 from ..executors.base import Outcome
 from ..models import Execution
-from .retries import execution_failure_handle
+from .retries import FailedAttempt, failure_records_create
 
 logger = logging.getLogger(__name__)
-
-FAILURE_STATUSES = frozenset({Execution.Status.FAILED, Execution.Status.TIMED_OUT})
-OUTCOME_STATUSES = FAILURE_STATUSES | {Execution.Status.SUCCEEDED, Execution.Status.CANCELLED}
+S = Execution.Status
 OVERDUE_GRACE = timedelta(seconds=300)
+ERROR_MAX = 10000
 
 
-def _release(execution_id: int) -> None:
-    from nodes.services import allocation_release  # nodes imports jobs: import at call time
+class Effect(enum.Flag):
+    """What a transition does besides changing the status, in the same transaction (or after commit)."""
 
-    allocation_release(execution_id=execution_id)
+    NONE = 0
+    RELEASE = enum.auto()  # free the capacity reserved for it on its node
+    DECIDE = enum.auto()  # a failed attempt: a JobRetry if attempts remain, else a DeadLetter (+ notice)
+    PUBLISH = enum.auto()  # `jobs.execute` to its node's queue, after commit
+    PLACE = enum.auto()  # capacity freed: nudge a placement pass after commit if work is waiting
+
+
+_ENDED = Effect.RELEASE | Effect.PLACE
+_FAILED = Effect.RELEASE | Effect.DECIDE | Effect.PLACE
+
+TRANSITIONS: Mapping[tuple[str, str], Effect] = {
+    (S.PENDING, S.QUEUED): Effect.PUBLISH,  # placed: capacity reserved by the caller in this transaction
+    (S.PENDING, S.SKIPPED): Effect.NONE,  # the misfire or concurrency policy declined the slot
+    (S.PENDING, S.CANCELLED): Effect.NONE,  # nothing reserved yet
+    (S.QUEUED, S.RUNNING): Effect.NONE,  # claimed by its node's worker
+    (S.QUEUED, S.PENDING): _ENDED,  # its node left before it started: placed again, no attempt used
+    (S.QUEUED, S.CANCELLED): _ENDED,
+    (S.QUEUED, S.LOST): _FAILED,
+    (S.RUNNING, S.SUCCEEDED): _ENDED,
+    (S.RUNNING, S.RETRYING): _FAILED,  # failed, attempts left
+    (S.RUNNING, S.DEAD): _FAILED,  # failed, none left
+    (S.RUNNING, S.TIMED_OUT): _FAILED,
+    (S.RUNNING, S.LOST): _FAILED,
+    # By a person or the replace policy: the worker stops the run and frees the capacity when it exits.
+    (S.RUNNING, S.CANCELLED): Effect.NONE,
+}
+
+
+class IllegalTransition(ValueError):
+    """A status change the transition table does not allow."""
+
+
+@dataclass(frozen=True)
+class Changed:
+    """One execution a transition moved, with what its effects (and the caller) need."""
+
+    id: int
+    source: str
+    target: str
+    job_id: int
+    attempt: int
+    scheduled_for: datetime
+    node_id: int | None
+    node_name: str | None
+    error: str
+    max_retries: int
+    retry_backoff_seconds: int
+    retry_backoff_max_seconds: int
+    retry_jitter: bool
+    priority: int
+    timeout_seconds: int
+    kind: str = ""
+    payload: Any = None
+
+
+_RETURNING = (
+    "e.id, o.status, e.job_id, e.attempt, e.scheduled_for, e.node_id, "
+    "(SELECT name FROM nodes_node WHERE id = e.node_id), e.error, j.max_retries, j.retry_backoff_seconds, "
+    "j.retry_backoff_max_seconds, j.retry_jitter, j.priority, j.timeout_seconds"
+)
+
+
+def _sql_value(value: Any) -> Any:
+    return Jsonb(value) if isinstance(value, dict | list) else value
+
+
+def transition(
+    *,
+    ids: Sequence[int],
+    source: Collection[str],
+    target: str,
+    values: Mapping[str, Any] | None = None,
+    where: str = "",
+    where_params: Sequence[Any] = (),
+    with_payload: bool = False,
+) -> list[Changed]:
+    """Move the executions among `ids` whose status is in `source` to `target` (one conditional UPDATE),
+    set `values` on them, apply the transitions' effects; returns the rows moved.
+
+    `where` adds conditions on the row (alias x), e.g. "AND x.claim_token = %s". Raises IllegalTransition
+    for a pair the table does not allow, before touching the database.
+    """
+    for status in source:
+        if (status, target) not in TRANSITIONS:
+            raise IllegalTransition(f"execution status {status!r} cannot become {target!r}")
+    if not ids:
+        return []
+    values = dict(values or {})
+    assignments = ", ".join(["status = %s", *(f"{column} = %s" for column in values)])
+    returning = _RETURNING + (", j.kind, j.payload" if with_payload else "")
+    sql = (
+        f"UPDATE jobs_execution AS e SET {assignments} "  # noqa: S608 - column names from this module
+        "FROM (SELECT x.id, x.status FROM jobs_execution AS x "
+        f"WHERE x.id = ANY(%s) AND x.status = ANY(%s) {where} ORDER BY x.id FOR UPDATE) AS o, jobs_job AS j "
+        f"WHERE e.id = o.id AND j.id = e.job_id RETURNING {returning}"
+    )
+    params = [target, *(_sql_value(v) for v in values.values()), list(ids), list(source), *where_params]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    changed = [_changed(row, target, with_payload) for row in rows]
+    _effects(changed)
+    return changed
+
+
+def _changed(row: Sequence[Any], target: str, with_payload: bool) -> Changed:
+    extra: dict[str, Any] = {}
+    if with_payload:
+        payload = row[15]
+        extra = {"kind": row[14], "payload": _json(payload)}
+    return Changed(
+        id=row[0],
+        source=row[1],
+        target=target,
+        job_id=row[2],
+        attempt=row[3],
+        scheduled_for=row[4],
+        node_id=row[5],
+        node_name=row[6],
+        error=row[7],
+        max_retries=row[8],
+        retry_backoff_seconds=row[9],
+        retry_backoff_max_seconds=row[10],
+        retry_jitter=row[11],
+        priority=row[12],
+        timeout_seconds=row[13],
+        **extra,
+    )
+
+
+def _json(value: Any) -> Any:
+    # Django loads jsonb as text (JSONField decodes it); a raw cursor gets that text.
+    return json.loads(value) if isinstance(value, str) else value
+
+
+def _effects(changed: Sequence[Changed]) -> None:
+    effects = {row.id: TRANSITIONS[(row.source, row.target)] for row in changed}
+    release = [row.id for row in changed if Effect.RELEASE in effects[row.id]]
+    if release and capacity_release(holder_ids=release):
+        messages.place_soon()
+    decide = [row for row in changed if Effect.DECIDE in effects[row.id]]
+    if decide:
+        failure_records_create(attempts=[_failed_attempt(row) for row in decide])
+    publish = [row for row in changed if Effect.PUBLISH in effects[row.id]]
+    messages.execute_publish_on_commit(
+        [
+            messages.ExecuteMessage(
+                execution_id=row.id,
+                queue=f"node.{row.node_name}",
+                priority=row.priority,
+                timeout_seconds=row.timeout_seconds,
+            )
+            for row in publish
+            if row.node_name
+        ]
+    )
+
+
+def _failed_attempt(row: Changed) -> FailedAttempt:
+    return FailedAttempt(
+        execution_id=row.id,
+        job_id=row.job_id,
+        attempt=row.attempt,
+        status=row.target,
+        error=row.error,
+        max_retries=row.max_retries,
+        retry_backoff_seconds=row.retry_backoff_seconds,
+        retry_backoff_max_seconds=row.retry_backoff_max_seconds,
+        retry_jitter=row.retry_jitter,
+    )
+
+
+# --- creation ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class NewExecution:
+    """An execution to create (always `pending`): one attempt of one slot of a job."""
+
+    job_id: int
+    scheduled_for: datetime
+    trigger: str
+    attempt: int = 1
+    retry_of_id: int | None = None
+    replay_of_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Created:
+    """A created execution with the job fields that its policies and its placement need."""
+
+    id: int
+    job_id: int
+    scheduled_for: datetime
+    attempt: int
+    trigger: str
+    cpu: Any
+    memory_mb: int
+    node_selector: dict[str, Any]
+    priority: int
+    concurrency_policy: str
+    misfire_policy: str
+    schedule_type: str | None
+    every_seconds: int | None
+
+
+_CREATE = """
+WITH ins AS (
+    INSERT INTO jobs_execution (job_id, scheduled_for, attempt, trigger, status, created_at, pending_reason,
+        output, output_truncated, error, retry_of_id, replay_of_id)
+    SELECT v.job_id, v.slot, v.attempt, v.trigger, 'pending', %s, '', '', false, '', v.retry_of, v.replay_of
+    FROM unnest(%s::bigint[], %s::timestamptz[], %s::int[], %s::text[], %s::bigint[], %s::bigint[])
+        WITH ORDINALITY AS v(job_id, slot, attempt, trigger, retry_of, replay_of, n)
+    JOIN jobs_job AS jj ON jj.id = v.job_id {only_active}
+    ORDER BY v.n
+    ON CONFLICT (job_id, scheduled_for, attempt) DO NOTHING
+    RETURNING id, job_id, scheduled_for, attempt, trigger
+)
+SELECT ins.id, ins.job_id, ins.scheduled_for, ins.attempt, ins.trigger, j.cpu, j.memory_mb, j.node_selector,
+    j.priority, j.concurrency_policy, j.misfire_policy, s.type, s.every_seconds
+FROM ins JOIN jobs_job AS j ON j.id = ins.job_id LEFT JOIN jobs_jobschedule AS s ON s.job_id = ins.job_id
+ORDER BY ins.id
+"""
+
+
+def executions_create(
+    *, items: Sequence[NewExecution], now: datetime | None = None, only_active: bool = False
+) -> list[Created]:
+    """Insert pending executions in one statement; a (job, slot, attempt) that exists already is skipped
+    (the unique constraint makes a second firing of a slot a no-op). With `only_active`, only for jobs
+    whose status is active (beat's firings)."""
+    if not items:
+        return []
+    sql = _CREATE.format(only_active="AND jj.status = 'active'" if only_active else "")
+    params: list[Any] = [
+        now or timezone.now(),
+        [i.job_id for i in items],
+        [i.scheduled_for for i in items],
+        [i.attempt for i in items],
+        [i.trigger for i in items],
+        [i.retry_of_id for i in items],
+        [i.replay_of_id for i in items],
+    ]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        rows = cursor.fetchall()
+    return [
+        Created(
+            id=r[0],
+            job_id=r[1],
+            scheduled_for=r[2],
+            attempt=r[3],
+            trigger=r[4],
+            cpu=r[5],
+            memory_mb=r[6],
+            node_selector=_json(r[7]) or {},
+            priority=r[8],
+            concurrency_policy=r[9],
+            misfire_policy=r[10],
+            schedule_type=r[11],
+            every_seconds=r[12],
+        )
+        for r in rows
+    ]
+
+
+# --- placement outcomes -----------------------------------------------------------------------
+
+
+def executions_queue(*, ids: Sequence[int], node_id: int) -> list[Changed]:
+    """pending -> queued on the node the caller reserved capacity on; `jobs.execute` follows the commit."""
+    return transition(
+        ids=ids,
+        source=[S.PENDING],
+        target=S.QUEUED,
+        values={"node_id": node_id, "queued_at": timezone.now(), "pending_reason": ""},
+    )
+
+
+def executions_wait(*, ids: Sequence[int], reason: str) -> int:
+    """Pending executions nothing fits for stay pending with the reason (not a status change)."""
+    if not ids:
+        return 0
+    return Execution.objects.filter(pk__in=ids, status=S.PENDING).update(pending_reason=reason[:255])
+
+
+def executions_skip(*, ids: Sequence[int], reason: str) -> list[Changed]:
+    """pending -> skipped: a policy declined the slot (why, in `error`)."""
+    return transition(
+        ids=ids,
+        source=[S.PENDING],
+        target=S.SKIPPED,
+        values={"finished_at": timezone.now(), "pending_reason": "", "error": reason[:2000]},
+    )
+
+
+def executions_pending_lock(*, limit: int) -> list[Created]:
+    """Pending executions to place, highest priority first, then oldest; locked (others skip them)."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT e.id, e.job_id, e.scheduled_for, e.attempt, e.trigger, j.cpu, j.memory_mb, "
+            "j.node_selector, j.priority, j.concurrency_policy, j.misfire_policy "
+            "FROM jobs_execution AS e JOIN jobs_job AS j ON j.id = e.job_id WHERE e.status = 'pending' "
+            "ORDER BY j.priority DESC, e.created_at, e.id LIMIT %s FOR UPDATE OF e SKIP LOCKED",
+            [limit],
+        )
+        rows = cursor.fetchall()
+    return [
+        Created(
+            id=r[0],
+            job_id=r[1],
+            scheduled_for=r[2],
+            attempt=r[3],
+            trigger=r[4],
+            cpu=r[5],
+            memory_mb=r[6],
+            node_selector=_json(r[7]) or {},
+            priority=r[8],
+            concurrency_policy=r[9],
+            misfire_policy=r[10],
+            schedule_type=None,
+            every_seconds=None,
+        )
+        for r in rows
+    ]
+
+
+# --- the worker's side ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A won claim: the fencing token and what the executor needs (read in the claiming statement)."""
+
+    execution_id: int
+    claim_token: uuid.UUID
+    job_id: int
+    kind: str
+    payload: Any
+    timeout_seconds: int
+    attempt: int
+    max_retries: int
+
+    @property
+    def retries_left(self) -> bool:
+        return self.attempt <= self.max_retries
 
 
 def _pid_alive(pid: int) -> bool:
@@ -36,48 +404,59 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def execution_claim(*, execution_id: int) -> Execution | None:
-    """queued -> running with a fresh claim token, for this worker's node only; None if nothing to run."""
-    from nodes.heartbeat import current_node_name
+def execution_claim(*, execution_id: int, node_name: str, pid: int) -> Claim | None:
+    """queued -> running for the worker of `node_name` only, with a fresh claim token; None: nothing to run.
 
-    node_name = current_node_name()
-    if not node_name:
-        logger.error("execution %s: this worker has no registered node; not claimed", execution_id)
-        return None
-    updated = Execution.objects.filter(
-        pk=execution_id, status=Execution.Status.QUEUED, node__name=node_name
-    ).update(
-        status=Execution.Status.RUNNING,
-        claim_token=uuid.uuid4(),
-        started_at=timezone.now(),
-        worker_pid=os.getpid(),
+    One round trip: the conditional update returns what the run needs. A redelivered or stale message
+    finds nothing to claim; one for a run this node already runs in a dead process marks that attempt lost.
+    """
+    token = uuid.uuid4()
+    rows = transition(
+        ids=[execution_id],
+        source=[S.QUEUED],
+        target=S.RUNNING,
+        values={"claim_token": token, "started_at": timezone.now(), "worker_pid": pid},
+        where="AND x.node_id = (SELECT id FROM nodes_node WHERE name = %s)",
+        where_params=[node_name],
+        with_payload=True,
     )
-    if updated:
-        return Execution.objects.select_related("job").get(pk=execution_id)
-    _stale_claim_resolve(execution_id=execution_id, node_name=node_name)
+    if rows:
+        row = rows[0]
+        return Claim(
+            execution_id=row.id,
+            claim_token=token,
+            job_id=row.job_id,
+            kind=row.kind,
+            payload=row.payload,
+            timeout_seconds=row.timeout_seconds,
+            attempt=row.attempt,
+            max_retries=row.max_retries,
+        )
+    _stale_claim_resolve(execution_id=execution_id, node_name=node_name, pid=pid)
     return None
 
 
 @transaction.atomic
-def _stale_claim_resolve(*, execution_id: int, node_name: str) -> None:
+def _stale_claim_resolve(*, execution_id: int, node_name: str, pid: int) -> None:
     # The message came back for an execution this node already runs: with acks_late and
     # reject_on_worker_lost that means the process running it died (a poison job killing its worker).
     # That attempt failed, counted in the database, so a job that kills its worker cannot loop.
-    execution = (
+    row = (
         Execution.objects.select_for_update()
-        .filter(pk=execution_id, status=Execution.Status.RUNNING, node__name=node_name)
+        .filter(pk=execution_id, status=S.RUNNING, node__name=node_name)
+        .values("worker_pid")
         .first()
     )
-    if execution is None:
+    if row is None:
         logger.info("execution %s is not queued here any more: stale message dropped", execution_id)
         return
-    pid = execution.worker_pid
-    if pid and pid != os.getpid() and _pid_alive(pid):
-        logger.info("execution %s still runs in pid %s: duplicate message dropped", execution_id, pid)
+    owner = row["worker_pid"]
+    if owner and owner != pid and _pid_alive(owner):
+        logger.info("execution %s still runs in pid %s: duplicate message dropped", execution_id, owner)
         return
     execution_mark_lost(
         execution_id=execution_id,
-        reason=f"the worker process (pid {pid}) died while running it; its message was redelivered",
+        reason=f"the worker process (pid {owner}) died while running it; its message was redelivered",
     )
 
 
@@ -86,7 +465,7 @@ def execution_stop_reason(*, execution_id: int, claim_token: uuid.UUID) -> str |
     row = Execution.objects.filter(pk=execution_id).values("status", "claim_token").first()
     if row is None:
         return "deleted"
-    if row["status"] != Execution.Status.RUNNING:
+    if row["status"] != S.RUNNING:
         return str(row["status"])
     if row["claim_token"] != claim_token:
         return "claim taken over"
@@ -107,77 +486,162 @@ def execution_output_store(
 def execution_progress_store(*, execution_id: int, claim_token: uuid.UUID, progress: float) -> bool:
     """Store a progress report (0..100) of a running execution."""
     return bool(
-        Execution.objects.filter(
-            pk=execution_id, claim_token=claim_token, status=Execution.Status.RUNNING
-        ).update(progress=progress)
+        Execution.objects.filter(pk=execution_id, claim_token=claim_token, status=S.RUNNING).update(
+            progress=progress
+        )
     )
 
 
-@transaction.atomic
-def execution_finish(*, execution_id: int, claim_token: uuid.UUID, outcome: Outcome) -> bool:
-    """running -> outcome, only while the claim is ours (fencing); then retry or dead-letter a failure."""
-    if outcome.status not in OUTCOME_STATUSES:
+_OUTCOMES = frozenset({S.SUCCEEDED, S.FAILED, S.TIMED_OUT, S.CANCELLED})
+
+
+def _outcome_target(status: str, retries_left: bool) -> str:
+    if status == S.FAILED:
+        return S.RETRYING if retries_left else S.DEAD
+    return status
+
+
+def _retries_left(execution_id: int) -> bool:
+    row = Execution.objects.filter(pk=execution_id).values("attempt", "job__max_retries").first()
+    return bool(row and row["attempt"] <= row["job__max_retries"])
+
+
+@transaction.atomic(savepoint=False)  # nested in the runner's transaction: no savepoint round trips
+def execution_finish(
+    *, execution_id: int, claim_token: uuid.UUID, outcome: Outcome, retries_left: bool | None = None
+) -> bool:
+    """running -> the outcome, only while the claim is ours (fencing); the capacity is freed either way.
+
+    A failure becomes `retrying` (a JobRetry) or `dead` (a DeadLetter) in the same transaction;
+    `retries_left` comes from the claim (None: read it).
+    """
+    if outcome.status not in _OUTCOMES:
         raise ValueError(f"not an outcome status: {outcome.status!r}")
-    fields = {
+    if outcome.status == S.FAILED and retries_left is None:
+        retries_left = _retries_left(execution_id)
+    kept = {
         "exit_code": outcome.exit_code,
         "output": outcome.output,
         "output_truncated": outcome.output_truncated,
         "result": outcome.result,
     }
-    done = {"progress": 100.0} if outcome.status == Execution.Status.SUCCEEDED else {}
-    updated = Execution.objects.filter(
-        pk=execution_id, status=Execution.Status.RUNNING, claim_token=claim_token
-    ).update(status=outcome.status, finished_at=timezone.now(), error=outcome.error[:10000], **fields, **done)
-    if not updated:
-        # Cancelled or lost meanwhile: keep what the run printed, never overwrite the newer status.
-        Execution.objects.filter(pk=execution_id, claim_token=claim_token).update(**fields)
-        logger.info("execution %s: claim no longer ours; result kept as output only", execution_id)
-        return False
-    _release(execution_id)  # in the same transaction: the status and the freed capacity land together
-    if outcome.status in FAILURE_STATUSES:
-        execution_failure_handle(execution=Execution.objects.select_related("job").get(pk=execution_id))
-    return True
+    done = {"progress": 100.0} if outcome.status == S.SUCCEEDED else {}
+    won = transition(
+        ids=[execution_id],
+        source=[S.RUNNING],
+        target=_outcome_target(outcome.status, bool(retries_left)),
+        values={"finished_at": timezone.now(), "error": outcome.error[:ERROR_MAX], **kept, **done},
+        where="AND x.claim_token = %s",
+        where_params=[claim_token],
+    )
+    if won:
+        if outcome.status == S.CANCELLED:
+            execution_capacity_release(execution_id=execution_id)
+        return True
+    # Cancelled or lost meanwhile: keep what the run printed, never overwrite the newer status.
+    Execution.objects.filter(pk=execution_id, claim_token=claim_token).update(**kept)
+    logger.info("execution %s: claim no longer ours; result kept as output only", execution_id)
+    # The run's processes are gone: whatever it held is free now (a cancel left it to us).
+    execution_capacity_release(execution_id=execution_id)
+    return False
+
+
+def execution_capacity_release(*, execution_id: int) -> bool:
+    """Free what an execution that no longer runs still holds (idempotent); True if something was freed."""
+    if capacity_release(holder_ids=[execution_id]):
+        messages.place_soon()
+        return True
+    return False
+
+
+# --- cancel, lost, requeue, recovery ----------------------------------------------------------
 
 
 @transaction.atomic
 def execution_cancel(*, execution_id: int, reason: str = "cancelled") -> bool:
     """Pending/queued/running -> cancelled; a running one is killed by its worker within about a second."""
-    execution = (
-        Execution.objects.select_for_update().filter(pk=execution_id, status__in=Execution.ACTIVE).first()
+    return bool(
+        transition(
+            ids=[execution_id],
+            source=[S.PENDING, S.QUEUED, S.RUNNING],
+            target=S.CANCELLED,
+            values={"finished_at": timezone.now(), "error": reason[:2000], "pending_reason": ""},
+        )
     )
-    if execution is None:
-        return False
-    Execution.objects.filter(pk=execution_id).update(
-        status=Execution.Status.CANCELLED, finished_at=timezone.now(), error=reason[:2000], pending_reason=""
+
+
+def executions_mark_lost(*, ids: Sequence[int], reason: str) -> list[Changed]:
+    """Queued/running on a dead node or process -> lost; released; retried or dead-lettered."""
+    return transition(
+        ids=ids,
+        source=[S.QUEUED, S.RUNNING],
+        target=S.LOST,
+        values={"claim_token": None, "finished_at": timezone.now(), "error": reason[:2000]},
     )
-    if execution.status != Execution.Status.RUNNING:
-        _release(execution_id)  # nothing runs it: free its capacity now (a running one frees it on exit)
-    return True
 
 
 @transaction.atomic
 def execution_mark_lost(*, execution_id: int, reason: str) -> bool:
-    """Queued/running on a dead node or process -> lost; release it; retry or dead-letter it."""
-    updated = Execution.objects.filter(
-        pk=execution_id, status__in=[Execution.Status.QUEUED, Execution.Status.RUNNING]
-    ).update(status=Execution.Status.LOST, claim_token=None, finished_at=timezone.now(), error=reason[:2000])
-    if not updated:
-        return False
-    _release(execution_id)
-    execution_failure_handle(execution=Execution.objects.select_related("job").get(pk=execution_id))
-    return True
+    """One execution -> lost (see executions_mark_lost)."""
+    return bool(executions_mark_lost(ids=[execution_id], reason=reason))
+
+
+def executions_requeue(*, ids: Sequence[int], reason: str) -> list[Changed]:
+    """Queued on a node that left -> pending again, placed elsewhere without using up an attempt."""
+    changed = transition(
+        ids=ids,
+        source=[S.QUEUED],
+        target=S.PENDING,
+        values={"node_id": None, "queued_at": None, "pending_reason": reason[:255]},
+    )
+    if changed:
+        messages.place_soon(force=True)
+    return changed
 
 
 @transaction.atomic
 def execution_requeue(*, execution_id: int, reason: str) -> bool:
-    """Queued on a node that left -> pending again, placed elsewhere without using up an attempt."""
-    updated = Execution.objects.filter(pk=execution_id, status=Execution.Status.QUEUED).update(
-        status=Execution.Status.PENDING, node=None, queued_at=None, pending_reason=reason[:255]
+    """One execution back to pending (see executions_requeue)."""
+    return bool(executions_requeue(ids=[execution_id], reason=reason))
+
+
+@transaction.atomic
+def executions_recover_node(*, node_id: int, reason: str) -> int:
+    """What an offline node held goes back to work: queued -> pending (placed elsewhere, no attempt used),
+    running -> lost (the retry policy decides); any allocation left on it is released. Returns the count."""
+    held = list(
+        Execution.objects.filter(node_id=node_id, status__in=[S.QUEUED, S.RUNNING])
+        .order_by("pk")
+        .values_list("pk", "status")
     )
-    if not updated:
-        return False
-    _release(execution_id)  # frees the capacity and, on commit, asks for a placement pass
-    return True
+    queued = [pk for pk, status in held if status == S.QUEUED]
+    running = [pk for pk, status in held if status == S.RUNNING]
+    recovered = len(executions_requeue(ids=queued, reason=reason)) + len(
+        executions_mark_lost(ids=running, reason=reason)
+    )
+    # Anything left (an execution already finished, or not held any more) must not keep capacity.
+    leftover = list(
+        ResourceAllocation.objects.filter(node_id=node_id, released_at__isnull=True)
+        .exclude(execution__status__in=[S.QUEUED, S.RUNNING])
+        .values_list("execution_id", flat=True)
+    )
+    capacity_release(holder_ids=leftover)
+    return recovered
+
+
+def executions_recover_offline() -> int:
+    """Recover what offline nodes still hold (after the reaper or a shutdown, or if that was cut off)."""
+    nodes = (
+        Node.objects.filter(status=Node.Status.OFFLINE, executions__status__in=[S.QUEUED, S.RUNNING])
+        .values_list("pk", "name")
+        .distinct()
+    )
+    total = 0
+    for node_id, name in nodes:
+        count = executions_recover_node(node_id=node_id, reason=f"node {name} went offline")
+        logger.warning("node %s is offline: %d execution(s) recovered", name, count)
+        total += count
+    return total
 
 
 def executions_overdue_sweep(*, limit: int = 100) -> int:
@@ -188,12 +652,12 @@ def executions_overdue_sweep(*, limit: int = 100) -> int:
         output_field=DateTimeField(),
     )
     ids = list(
-        Execution.objects.filter(status=Execution.Status.RUNNING, started_at__isnull=False)
+        Execution.objects.filter(status=S.RUNNING, started_at__isnull=False)
         .annotate(overdue_after=overdue_after)
         .filter(overdue_after__lt=timezone.now())
         .values_list("pk", flat=True)[:limit]
     )
-    return sum(
-        execution_mark_lost(execution_id=pk, reason="no result long after its timeout; its worker vanished")
-        for pk in ids
-    )
+    with transaction.atomic():
+        return len(
+            executions_mark_lost(ids=ids, reason="no result long after its timeout; its worker vanished")
+        )

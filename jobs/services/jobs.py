@@ -17,6 +17,7 @@ from ..models import Execution, Job, JobSchedule
 from ..schedules import ScheduleSpec, periodic_task_disable, periodic_task_sync, schedule_next_run
 from ..validation import JOB_DEFAULTS, JOB_FIELDS, job_input_clean
 from .executions import execution_cancel
+from .firing import executions_start
 from .retries import job_retries_cancel
 
 logger = logging.getLogger(__name__)
@@ -169,16 +170,12 @@ def job_delete(*, job: Job) -> bool:
 
 @transaction.atomic
 def job_trigger(*, job: Job) -> Execution:
-    """Run now: a new execution (slot = now, trigger manual), concurrency policy applied, dispatched."""
-    from ..dispatch import execution_start
-
+    """Run now: a new execution (slot = now, trigger manual), concurrency policy applied, placed and
+    published in this request."""
     job = Job.objects.select_for_update().get(pk=job.pk)
     if job.status == Job.Status.ARCHIVED:
         raise ValidationError({"job": [f"job {job.pk} is archived; it cannot run"]})
-    execution = execution_start(job=job, slot=timezone.now(), trigger=Execution.Trigger.MANUAL)
-    if execution is None:  # the same microsecond twice: practically never
-        raise ValidationError({"job": ["an execution for this instant exists already; try again"]})
-    return execution
+    return executions_start(jobs=[job])[0]
 
 
 __all__ = ["JOB_DEFAULTS", "job_create", "job_delete", "job_pause", "job_resume", "job_trigger", "job_update"]

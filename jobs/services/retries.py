@@ -1,22 +1,41 @@
-"""Retry policy, the retry sweep, dead letters and their replay."""
+"""Retry policy and the records of a failed attempt's fate: a JobRetry (attempts left) or a DeadLetter.
+
+The status of the failed execution is written by the execution state module (executions.py), which calls
+`failure_records_create` in the same transaction; the retry sweep and replay live with firing.
+"""
 
 from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Protocol
 
-from celery import current_app
-from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from ..models import DeadLetter, Execution, Job, JobRetry
+from .. import messages
+from ..models import DeadLetter, Job, JobRetry
 
 logger = logging.getLogger(__name__)
 JITTER_LOW = 0.8  # jitter scales a delay by [0.8, 1.0): below the cap, and each retry still waits longer
 
 
-def retry_delay_seconds(*, job: Job, attempt: int, rng: random.Random | None = None) -> float:
+class RetryPolicy(Protocol):
+    """A job, or a failed attempt carrying its job's policy."""
+
+    @property
+    def retry_backoff_seconds(self) -> int: ...
+
+    @property
+    def retry_backoff_max_seconds(self) -> int: ...
+
+    @property
+    def retry_jitter(self) -> bool: ...
+
+
+def retry_delay_seconds(*, job: RetryPolicy, attempt: int, rng: random.Random | None = None) -> float:
     """Backoff before the attempt after `attempt`: base * 2^(attempt-1), capped, with jitter if set."""
     exponent = max(0, attempt - 1)
     base = float(job.retry_backoff_seconds)
@@ -26,94 +45,60 @@ def retry_delay_seconds(*, job: Job, attempt: int, rng: random.Random | None = N
     return delay
 
 
-def _publish_dead_letter(dead_letter: DeadLetter) -> None:
-    current_app.send_task(
-        "jobs.dead_letter",
-        kwargs={
-            "dead_letter_id": dead_letter.pk,
-            "execution_id": dead_letter.execution_id,
-            "job_id": dead_letter.job_id,
-            "error": dead_letter.error[:1000],
-        },
-        queue="dead_letter",
-    )
+@dataclass(frozen=True)
+class FailedAttempt:
+    """A failed, timed-out or lost attempt, with its job's retry policy as the transition read it."""
+
+    execution_id: int
+    job_id: int
+    attempt: int
+    status: str
+    error: str
+    max_retries: int
+    retry_backoff_seconds: int
+    retry_backoff_max_seconds: int
+    retry_jitter: bool
+
+    @property
+    def retries_left(self) -> bool:
+        return self.attempt <= self.max_retries
 
 
-def execution_failure_handle(*, execution: Execution, now: datetime | None = None) -> JobRetry | DeadLetter:
-    """After a failed / timed-out / lost attempt: a JobRetry if attempts remain, else a DeadLetter."""
+def failure_records_create(*, attempts: Sequence[FailedAttempt], now: datetime | None = None) -> None:
+    """A JobRetry (retry_at = backoff with jitter, capped) for each attempt with retries left, else a
+    DeadLetter and a notice on the `dead_letter` queue after commit. Idempotent per execution."""
     now = now or timezone.now()
-    job = execution.job
-    if execution.attempt <= job.max_retries:
-        delay = retry_delay_seconds(job=job, attempt=execution.attempt)
-        retry, _ = JobRetry.objects.get_or_create(
-            failed_execution=execution,
-            defaults={
-                "job": job,
-                "next_attempt": execution.attempt + 1,
-                "retry_at": now + timedelta(seconds=delay),
-            },
-        )
-        # A plain failure reads "retrying"; timed_out and lost keep saying what happened.
-        Execution.objects.filter(pk=execution.pk, status=Execution.Status.FAILED).update(
-            status=Execution.Status.RETRYING
-        )
-        return retry
-    dead, created = DeadLetter.objects.get_or_create(
-        execution=execution, defaults={"job": job, "error": execution.error or execution.status}
-    )
-    Execution.objects.filter(pk=execution.pk, status=Execution.Status.FAILED).update(
-        status=Execution.Status.DEAD
-    )
-    if created:
-        transaction.on_commit(lambda: _publish_dead_letter(dead))
-        logger.warning(
-            "execution %s of job %s is dead after %d attempt(s)", execution.pk, job.pk, execution.attempt
-        )
-    return dead
-
-
-def retries_sweep(*, limit: int = 100, now: datetime | None = None) -> int:
-    """Start the next attempt of every due JobRetry (same slot, attempt + 1); returns how many started."""
-    now = now or timezone.now()
-    started = 0
-    while started < limit:
-        with transaction.atomic():
-            retry = (
-                JobRetry.objects.select_for_update(skip_locked=True)
-                .select_related("job", "failed_execution")
-                .filter(status=JobRetry.Status.WAITING, retry_at__lte=now)
-                .order_by("retry_at")
-                .first()
+    retry = [a for a in attempts if a.status != "dead" and a.retries_left]
+    JobRetry.objects.bulk_create(
+        [
+            JobRetry(
+                job_id=a.job_id,
+                failed_execution_id=a.execution_id,
+                next_attempt=a.attempt + 1,
+                retry_at=now + timedelta(seconds=retry_delay_seconds(job=a, attempt=a.attempt)),
             )
-            if retry is None:
-                break
-            started += _retry_start(retry)
-    return started
-
-
-def _retry_start(retry: JobRetry) -> int:
-    from ..dispatch import execution_dispatch
-
-    if retry.job.status not in (Job.Status.ACTIVE, Job.Status.COMPLETED):
-        JobRetry.objects.filter(pk=retry.pk).update(status=JobRetry.Status.CANCELLED)
-        return 0
-    failed = retry.failed_execution
-    try:
-        with transaction.atomic():
-            execution = Execution.objects.create(
-                job=retry.job,
-                scheduled_for=failed.scheduled_for,
-                attempt=retry.next_attempt,
-                trigger=Execution.Trigger.RETRY,
-                retry_of=failed,
-            )
-    except IntegrityError:
-        execution = Execution.objects.get(
-            job=retry.job, scheduled_for=failed.scheduled_for, attempt=retry.next_attempt
+            for a in retry
+        ],
+        ignore_conflicts=True,
+    )
+    for a in attempts:
+        if a in retry:
+            continue
+        dead, created = DeadLetter.objects.get_or_create(
+            execution_id=a.execution_id, defaults={"job_id": a.job_id, "error": a.error or a.status}
         )
-    JobRetry.objects.filter(pk=retry.pk).update(status=JobRetry.Status.ENQUEUED, new_execution=execution)
-    execution_dispatch(execution_id=execution.pk)
-    return 1
+        if created:
+            messages.dead_letter_notice_on_commit(
+                {
+                    "dead_letter_id": dead.pk,
+                    "execution_id": a.execution_id,
+                    "job_id": a.job_id,
+                    "error": dead.error[:1000],
+                }
+            )
+            logger.warning(
+                "execution %s of job %s is dead after %d attempt(s)", a.execution_id, a.job_id, a.attempt
+            )
 
 
 def job_retries_cancel(*, job: Job) -> int:
@@ -121,39 +106,6 @@ def job_retries_cancel(*, job: Job) -> int:
     return JobRetry.objects.filter(job=job, status=JobRetry.Status.WAITING).update(
         status=JobRetry.Status.CANCELLED
     )
-
-
-@transaction.atomic
-def dead_letter_replay(*, dead_letter_id: int) -> Execution:
-    """Run a dead execution again: a fresh execution (slot = now, trigger replay) linked to the dead one."""
-    from django.core.exceptions import ValidationError
-
-    from ..dispatch import execution_dispatch
-
-    dead = (
-        DeadLetter.objects.select_for_update()
-        .select_related("job", "execution")
-        .filter(pk=dead_letter_id)
-        .first()
-    )
-    if dead is None:
-        raise ValidationError({"dead_letter": f"dead letter {dead_letter_id} does not exist"})
-    if dead.job.status == Job.Status.ARCHIVED:
-        raise ValidationError({"dead_letter": f"job {dead.job_id} is archived; it cannot be replayed"})
-    now = timezone.now()
-    execution = Execution.objects.create(
-        job=dead.job,
-        scheduled_for=now,
-        attempt=1,
-        trigger=Execution.Trigger.REPLAY,
-        replay_of=dead.execution,
-    )
-    DeadLetter.objects.filter(pk=dead.pk).update(
-        status=DeadLetter.Status.REPLAYED, replay_count=dead.replay_count + 1, last_replayed_at=now
-    )
-    execution_dispatch(execution_id=execution.pk)
-    execution.refresh_from_db()
-    return execution
 
 
 def dead_letter_discard(*, dead_letter_id: int) -> bool:

@@ -18,6 +18,7 @@ from django.db.models import Count, DurationField, ExpressionWrapper, F, Min, Q,
 from django.utils import timezone
 from kombu.exceptions import OperationalError as KombuOperationalError
 
+from jobs.beat.lease import leader_status
 from jobs.models import DeadLetter, Execution, Job
 from monitoring.models import Alert
 from nodes.models import Node
@@ -109,8 +110,6 @@ def _nodes() -> tuple[dict[str, int], list[dict[str, Any]]]:
 
 
 def _beat() -> dict[str, Any]:
-    from jobs.beat import leader_status
-
     try:
         status = leader_status()
     except redis.RedisError as exc:

@@ -99,6 +99,7 @@ class ExecutionLogWriter:
         self._buffer: list[str] = []
         self._lock = threading.Lock()
         self._last_flush = 0.0
+        self._stored = False  # a chunk was stored for this run
 
     def feed(self, data: bytes) -> None:
         """Take bytes as the job writes them (cheap; called from the output pump thread)."""
@@ -115,7 +116,22 @@ class ExecutionLogWriter:
                 self._buffer.append(self._decoder.decode(b"", final=True))
             text, self._buffer = "".join(self._buffer), []
         self._last_flush = now
-        return log_append(execution_id=self.execution_id, text=text)
+        return self._append(text)
+
+    def flush_final(self, *, tail: str) -> ExecutionLogChunk | None:
+        """The run ended: store what is left; none of it when the run never streamed and its whole output
+        is the tail written on its execution row (that row's output is then its log)."""
+        with self._lock:
+            self._buffer.append(self._decoder.decode(b"", final=True))
+            text, self._buffer = "".join(self._buffer), []
+        if not self._stored and text == tail:
+            return None
+        return self._append(text)
+
+    def _append(self, text: str) -> ExecutionLogChunk | None:
+        chunk = log_append(execution_id=self.execution_id, text=text)
+        self._stored = self._stored or chunk is not None
+        return chunk
 
 
 def executions_prune(

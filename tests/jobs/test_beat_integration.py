@@ -1,7 +1,8 @@
 """Real `celery beat` processes with jobs.beat:JobScheduler against PostgreSQL and Redis.
 
 These tests read what beat published straight from the Redis broker lists (no worker consumes them),
-so they prove one firing per slot independently of the jobs core.
+so they prove one firing per slot independently of the jobs core. Their entries run a probe task: job
+firings (`jobs.fire` entries) are not published but fired in-process (tests/jobs/test_beat_jobs.py).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from tests.conftest import wait_for
 pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
 
 SCHEDULER = "jobs.beat:JobScheduler"
+PROBE_TASK = "tests.beat_probe"  # sent as a message like every entry that is not a job firing
 
 
 QUEUE_KEYS = [b"default", *(f"default:{n}".encode() for n in range(1, 10))]
@@ -46,7 +48,7 @@ def published(redis_client, prefix: str = "t:") -> list[tuple[str, datetime, dic
     return found
 
 
-def interval_task(name: str, seconds: int, start: datetime, task: str = "jobs.fire") -> PeriodicTask:
+def interval_task(name: str, seconds: int, start: datetime, task: str = PROBE_TASK) -> PeriodicTask:
     interval, _ = IntervalSchedule.objects.get_or_create(every=seconds, period=IntervalSchedule.SECONDS)
     return PeriodicTask.objects.create(
         name=name, task=task, interval=interval, kwargs=json.dumps({"job_id": 1}), start_time=start
@@ -66,7 +68,7 @@ def test_interval_and_one_off_entries_fire_on_their_slots(start_beat, redis_clie
     interval_task("t:every2", 2, start)
     clocked = ClockedSchedule.objects.create(clocked_time=start + timedelta(seconds=3))
     PeriodicTask.objects.create(
-        name="t:once", task="jobs.fire", clocked=clocked, one_off=True, kwargs='{"job_id": 2}'
+        name="t:once", task=PROBE_TASK, clocked=clocked, one_off=True, kwargs='{"job_id": 2}'
     )
     beat = start_beat("beat1", scheduler=SCHEDULER, **beat_env(lease=3))
 
@@ -81,10 +83,7 @@ def test_interval_and_one_off_entries_fire_on_their_slots(start_beat, redis_clie
     assert len(every2) == len(set(every2))
     assert all((slot - start) % timedelta(seconds=2) == timedelta(0) for slot in every2)
     assert [(slot, kwargs) for name, slot, kwargs in sent if name == "t:once"] == [
-        (
-            start + timedelta(seconds=3),
-            {"job_id": 2, "scheduled_for": (start + timedelta(seconds=3)).isoformat()},
-        )
+        (start + timedelta(seconds=3), {"job_id": 2})  # the slot rides in the scheduled_for header
     ]
     task = PeriodicTask.objects.get(name="t:every2")
     assert task.last_run_at is not None

@@ -32,9 +32,16 @@ class RecordingScheduler(JobScheduler):
 
     def send_entry(self, entry: BeatEntry, slot: datetime) -> Any:
         result = super().send_entry(entry, slot)
-        kwargs = {**entry.kwargs, "scheduled_for": slot.isoformat()} if entry.task == "jobs.fire" else {}
-        self.sent.append((entry.name, slot, kwargs))
+        self.sent.append((entry.name, slot, {}))
         return result
+
+    def fire_slots(self, batch: list[tuple[BeatEntry, datetime]]) -> list[int]:
+        ids = super().fire_slots(
+            batch
+        )  # for real: job 7 of these tests does not exist, so nothing is created
+        for entry, slot in batch:
+            self.sent.append((entry.name, slot, {**entry.kwargs, "scheduled_for": slot.isoformat()}))
+        return ids
 
 
 @pytest.fixture
@@ -162,7 +169,7 @@ def test_editing_one_schedule_among_10000_reloads_only_that_one(make_scheduler) 
     with CaptureQueriesContext(connection) as queries:
         run(scheduler, T0 - timedelta(seconds=20), ticks=1)
     assert scheduler.stats["rows_loaded"] == 10_001
-    assert len(queries.captured_queries) <= 12
+    assert len(queries.captured_queries) <= 15  # + the firing transaction (begin, insert, commit)
     assert [(name, slot) for name, slot, _ in scheduler.sent] == [("job:5000", T0 - timedelta(seconds=23))]
 
     # A deletion (no date_changed to see) is noticed without reloading the others either.

@@ -153,3 +153,107 @@ def test_a_command_error_exits_non_zero_without_a_traceback():
     assert result.returncode != 0
     assert "job 424242 does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+# --- job_submit --file with a list: the bulk service, all or nothing ------------------------------
+
+
+def _list_file(tmp_path, items) -> str:
+    path = tmp_path / "jobs.json"
+    path.write_text(json.dumps(items))
+    return str(path)
+
+
+def test_submit_a_list_from_a_json_file(tmp_path):
+    user = UserFactory()
+    items = [
+        {"name": "first", "kind": "python", "payload": {"handler": "echo"}},
+        {
+            "name": "second",
+            "kind": "python",
+            "payload": {"handler": "echo"},
+            "schedule": {"type": "cron", "cron_expression": "0 3 * * *", "timezone": "Europe/Berlin"},
+        },
+    ]
+    out = _call(
+        "job_submit", "--owner", user.username, "--file", _list_file(tmp_path, items), "--priority", "7"
+    )
+    first, second = Job.objects.order_by("pk")
+    assert (first.name, second.name) == ("first", "second")
+    assert f"created job {first.pk} (first)" in out
+    assert f"created job {second.pk} (second), next run" in out
+    assert "2 job(s) created" in out
+    assert second.schedule.timezone == "Europe/Berlin"
+    assert {first.priority, second.priority} == {7}  # flags apply to every item, as they override one
+
+
+def test_submit_a_bad_list_names_each_bad_item_and_creates_nothing(tmp_path):
+    user = UserFactory()
+    items = [
+        {"name": "good", "kind": "python", "payload": {"handler": "echo"}},
+        {"name": "bad handler", "kind": "python", "payload": {"handler": "nope"}},
+        {"kind": "python", "payload": {"handler": "echo"}, "colour": "red"},
+        "not an object",
+    ]
+    with pytest.raises(CommandError) as caught:
+        _call("job_submit", "--owner", user.username, "--file", _list_file(tmp_path, items))
+    message = str(caught.value)
+    assert "3 of 4 jobs are invalid; no job was created" in message
+    assert "item 1: payload.handler: 'nope' is not a registered handler" in message
+    assert "item 2: colour: is not a job field; name: is required" in message
+    assert "item 3: must be a JSON object" in message
+    assert "item 0" not in message
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.parametrize(
+    ("items", "message"),
+    [
+        ([], "the list: must hold 1 to"),
+        ([{"name": "sh", "kind": "shell", "payload": {"command": ["true"]}}], "permission denied: .*item 0"),
+    ],
+    ids=["empty", "shell"],
+)
+def test_submit_list_refusals(tmp_path, items, message):
+    user = UserFactory()
+    with pytest.raises(CommandError, match=message):
+        _call("job_submit", "--owner", user.username, "--file", _list_file(tmp_path, items))
+    assert Job.objects.count() == 0
+
+
+def test_submit_a_list_longer_than_the_limit(tmp_path, settings):
+    settings.SCHEDULER_BULK_MAX_ITEMS = 2
+    items = [{"name": f"j{i}", "kind": "python", "payload": {"handler": "echo"}} for i in range(3)]
+    with pytest.raises(CommandError, match="must hold 1 to 2 items, not 3"):
+        _call("job_submit", "--owner", UserFactory().username, "--file", _list_file(tmp_path, items))
+    assert Job.objects.count() == 0
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_bad_list_exits_non_zero_without_a_traceback(tmp_path):
+    user = UserFactory()
+    items = [
+        {"name": "good", "kind": "python", "payload": {"handler": "echo"}},
+        {"name": "bad", "kind": "python", "payload": {"handler": "echo"}, "priority": 42},
+    ]
+    result = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "job_submit",
+            "--owner",
+            user.username,
+            "--file",
+            _list_file(tmp_path, items),
+        ],
+        cwd=ROOT,
+        env=subprocess_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert "item 1: priority: must be from 0 to 9" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert Job.objects.count() == 0

@@ -10,9 +10,8 @@ import psutil
 import pytest
 from django.utils import timezone
 
-from jobs import dispatch
 from jobs.models import DeadLetter, Execution, Job, JobRetry
-from jobs.services import dead_letter_replay, execution_cancel, job_create, job_trigger
+from jobs.services import dead_letter_replay, execution_cancel, firing, job_create, job_trigger
 from nodes.models import Node
 from tests.conftest import wait_for
 
@@ -180,21 +179,21 @@ def _slot_job(policy: str) -> Job:
 def test_forbid_skips_a_slot_while_a_run_is_active(worker):
     job = _slot_job("forbid")
     now = timezone.now().replace(microsecond=0)
-    first = dispatch.fire(job_id=job.pk, scheduled_for=now)
+    first = firing.fire(job_id=job.pk, scheduled_for=now)
     wait_for(lambda: Execution.objects.get(pk=first.pk).status == "running", timeout=60, what="first run")
-    second = dispatch.fire(job_id=job.pk, scheduled_for=now + timedelta(seconds=1))
+    second = firing.fire(job_id=job.pk, scheduled_for=now + timedelta(seconds=1))
     assert second.status == Execution.Status.SKIPPED
     assert "forbid" in second.error
-    assert dispatch.fire(job_id=job.pk, scheduled_for=now) is None  # duplicate slot: no-op
+    assert firing.fire(job_id=job.pk, scheduled_for=now) is None  # duplicate slot: no-op
     execution_cancel(execution_id=first.pk)
 
 
 def test_replace_cancels_the_running_one_and_starts_the_new(worker):
     job = _slot_job("replace")
     now = timezone.now().replace(microsecond=0)
-    first = dispatch.fire(job_id=job.pk, scheduled_for=now)
+    first = firing.fire(job_id=job.pk, scheduled_for=now)
     wait_for(lambda: Execution.objects.get(pk=first.pk).status == "running", timeout=60, what="first run")
-    second = dispatch.fire(job_id=job.pk, scheduled_for=now + timedelta(seconds=1))
+    second = firing.fire(job_id=job.pk, scheduled_for=now + timedelta(seconds=1))
     assert Execution.objects.get(pk=first.pk).status == "cancelled"
     wait_for(lambda: Execution.objects.get(pk=second.pk).status == "running", timeout=60, what="the new run")
     # The replaced run was interrupted in its worker: its claim-holder stored what it had, then let go.

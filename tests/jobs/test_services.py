@@ -10,7 +10,7 @@ import pytest
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask
 
-from jobs import dispatch
+from jobs import messages
 from jobs.executors import Outcome
 from jobs.models import DeadLetter, Execution, Job, JobRetry
 from jobs.services import (
@@ -18,6 +18,7 @@ from jobs.services import (
     execution_claim,
     execution_finish,
     execution_mark_lost,
+    firing,
     job_create,
     job_delete,
     job_pause,
@@ -31,6 +32,11 @@ from tests.factories import JobFactory, UserFactory
 
 pytestmark = pytest.mark.django_db
 ECHO = {"handler": "echo"}
+
+
+def claim(execution: Execution):
+    """Claim as the worker of the `node` fixture would, from this process."""
+    return execution_claim(execution_id=execution.pk, node_name="unit@testhost", pid=os.getpid())
 
 
 def _interval_job(**kwargs) -> Job:
@@ -60,12 +66,13 @@ def test_claim_is_won_once_and_finish_is_fenced(node):
     execution = job_trigger(job=job)
     assert execution.status == Execution.Status.QUEUED
     assert execution.node == node
-    claimed = execution_claim(execution_id=execution.pk)
+    claimed = claim(execution)
     assert claimed is not None
-    assert claimed.status == Execution.Status.RUNNING
+    assert Execution.objects.get(pk=execution.pk).status == Execution.Status.RUNNING
+    assert (claimed.kind, claimed.payload, claimed.attempt) == ("python", ECHO, 1)  # read by the claim
     token = claimed.claim_token
     Execution.objects.filter(pk=execution.pk).update(worker_pid=os.getppid())  # "another, live process"
-    assert execution_claim(execution_id=execution.pk) is None  # a redelivered message runs nothing
+    assert claim(execution) is None  # a redelivered message runs nothing
     assert Execution.objects.get(pk=execution.pk).status == Execution.Status.RUNNING  # alive: left alone
     assert not execution_finish(
         execution_id=execution.pk, claim_token=type(token)(int=1), outcome=Outcome("failed")
@@ -81,9 +88,9 @@ def test_claim_is_won_once_and_finish_is_fenced(node):
 def test_claim_of_a_run_whose_process_died_counts_as_a_failed_attempt(node):
     job = _interval_job(max_retries=1)
     execution = job_trigger(job=job)
-    execution_claim(execution_id=execution.pk)
+    claim(execution)
     Execution.objects.filter(pk=execution.pk).update(worker_pid=2**22 + 12345)  # no such process
-    assert execution_claim(execution_id=execution.pk) is None
+    assert claim(execution) is None
     lost = Execution.objects.get(pk=execution.pk)
     assert lost.status == Execution.Status.LOST
     assert "died" in lost.error
@@ -97,7 +104,7 @@ def test_cancel_and_lost_are_conditional(node):
     assert not execution_cancel(execution_id=execution.pk)
     assert not execution_mark_lost(execution_id=execution.pk, reason="x")
     assert not Execution.objects.get(pk=execution.pk).allocation.active  # released at once
-    assert execution_claim(execution_id=execution.pk) is None
+    assert claim(execution) is None
 
 
 def test_lost_attempts_retry_then_dead_letter(node):
@@ -115,8 +122,8 @@ def test_lost_attempts_retry_then_dead_letter(node):
 def test_duplicate_fire_is_a_no_op_and_bookkeeping_is_done(node):
     job = _interval_job()
     slot = timezone.now().replace(microsecond=0)
-    assert dispatch.fire(job_id=job.pk, scheduled_for=slot) is not None
-    assert dispatch.fire(job_id=job.pk, scheduled_for=slot) is None
+    assert firing.fire(job_id=job.pk, scheduled_for=slot) is not None
+    assert firing.fire(job_id=job.pk, scheduled_for=slot) is None
     assert job.executions.count() == 1
     job.schedule.refresh_from_db()
     assert job.schedule.total_runs == 1
@@ -127,10 +134,10 @@ def test_misfire_run_once_runs_one_late_slot_and_skip_skips(node):
     job = _interval_job()
     now = timezone.now().replace(microsecond=0)
     late = [now - timedelta(minutes=m) for m in (10, 9, 8)]
-    results = [dispatch.fire(job_id=job.pk, scheduled_for=slot).status for slot in late]
+    results = [firing.fire(job_id=job.pk, scheduled_for=slot).status for slot in late]
     assert results == ["queued", "skipped", "skipped"]
     skip_job = _interval_job(misfire_policy="skip")
-    assert dispatch.fire(job_id=skip_job.pk, scheduled_for=late[0]).status == "skipped"
+    assert firing.fire(job_id=skip_job.pk, scheduled_for=late[0]).status == "skipped"
 
 
 def test_max_runs_completes_the_job_and_disables_its_task(node):
@@ -141,11 +148,11 @@ def test_max_runs_completes_the_job_and_disables_its_task(node):
         payload=ECHO,
         schedule={"type": "interval", "every_seconds": 60, "max_runs": 1},
     )
-    dispatch.fire(job_id=job.pk, scheduled_for=timezone.now().replace(microsecond=0))
+    firing.fire(job_id=job.pk, scheduled_for=timezone.now().replace(microsecond=0))
     job.refresh_from_db()
     assert job.status == Job.Status.COMPLETED
     assert not PeriodicTask.objects.get(name=f"job:{job.pk}").enabled
-    assert dispatch.fire(job_id=job.pk, scheduled_for=timezone.now()) is None
+    assert firing.fire(job_id=job.pk, scheduled_for=timezone.now()) is None
 
 
 def test_pending_when_no_node_fits_then_placed(db):
@@ -156,7 +163,7 @@ def test_pending_when_no_node_fits_then_placed(db):
     from tests.factories import NodeFactory
 
     NodeFactory()
-    assert dispatch.pending_dispatch() == 1
+    assert firing.pending_place() == 1
     assert Execution.objects.get(pk=execution.pk).status == Execution.Status.QUEUED
 
 
@@ -195,8 +202,8 @@ def test_update_validates_like_create():
 
 
 def test_broker_priority_is_inverted_for_redis():
-    assert dispatch.broker_priority(9) == 0
-    assert dispatch.broker_priority(0) == 9
+    assert messages.broker_priority(9) == 0
+    assert messages.broker_priority(0) == 9
 
 
 def _queued_placement_passes(redis_client) -> int:
@@ -210,14 +217,14 @@ def test_placement_nudges_coalesce_while_queued_and_are_never_lost(db, redis_cli
     # Capacity freed while a pass is already running must start another pass: no lost wakeup.
     from django.core.cache import cache
 
-    cache.delete(dispatch.DISPATCH_QUEUED_KEY)
+    cache.delete(messages.DISPATCH_QUEUED_KEY)
     for key in ["default", *(f"default:{step}" for step in range(1, 10))]:
         redis_client.delete(key)
-    dispatch._send_dispatch_pending()
-    dispatch._send_dispatch_pending()
+    messages._send_dispatch_pending()
+    messages._send_dispatch_pending()
     assert _queued_placement_passes(redis_client) == 1  # a burst rides on the queued pass
 
-    dispatch.pending_dispatch_pass()  # the worker starts that pass (it clears the flag first)
-    dispatch._send_dispatch_pending()  # a release during the pass
+    firing.pending_place_pass()  # the worker starts that pass (it clears the flag first)
+    messages._send_dispatch_pending()  # a release during the pass
     assert _queued_placement_passes(redis_client) == 2
-    cache.delete(dispatch.DISPATCH_QUEUED_KEY)
+    cache.delete(messages.DISPATCH_QUEUED_KEY)

@@ -1,26 +1,31 @@
-"""Placement: labels, capacity, the least-loaded policy, reasons, no over-commit under concurrency."""
+"""Placement: labels, capacity, the least-loaded policy, reasons, counters, no over-commit when concurrent."""
 
 from __future__ import annotations
 
+import random
 import threading
-from collections.abc import Sequence
+from dataclasses import dataclass
 from decimal import Decimal
+from typing import Any
 
 import pytest
 from django.db import close_old_connections, connection, transaction
 from django.db.models import Sum
 from django.utils import timezone
 
-from jobs.models import Execution, Job
+from jobs.models import Execution
 from nodes.models import Node, ResourceAllocation
 from nodes.placement import (
-    Candidate,
+    Demand,
     LeastLoadedPolicy,
     PlacementPolicy,
-    allocation_reserve,
+    Reservation,
+    Room,
+    capacity_counters_repair,
+    capacity_release,
+    capacity_reserve,
     placement_impossible_reason,
 )
-from nodes.services import allocation_release
 from tests.factories import NodeFactory
 from tests.nodes.conftest import make_job
 
@@ -30,9 +35,43 @@ def make_execution(**job_fields) -> Execution:
     return Execution.objects.create(job=job, scheduled_for=timezone.now())
 
 
-def reserve(execution: Execution):
+def demand(execution: Execution) -> Demand:
+    job = execution.job
+    return Demand(
+        holder_id=execution.pk, cpu=job.cpu, memory_mb=job.memory_mb, selector=job.node_selector or {}
+    )
+
+
+@dataclass
+class Placed:
+    """What the old tests read: the allocation row (or None) and the reason."""
+
+    allocation: ResourceAllocation | None
+    reason: str
+
+
+def reserve(*executions: Execution) -> Any:
     with transaction.atomic():
-        return allocation_reserve(execution=execution)
+        results = capacity_reserve(demands=[demand(e) for e in executions])
+    placed = [
+        Placed(ResourceAllocation.objects.get(execution=e), "")
+        if isinstance(r, Reservation)
+        else Placed(None, r.reason)
+        for e, r in zip(executions, results, strict=True)
+    ]
+    return placed[0] if len(placed) == 1 else placed
+
+
+def counters(node: Node) -> tuple[Decimal, int]:
+    node.refresh_from_db()
+    return node.cpu_allocated, node.memory_mb_allocated
+
+
+def active_sums(node: Node) -> tuple[Decimal, int]:
+    agg = ResourceAllocation.objects.filter(node=node, released_at__isnull=True).aggregate(
+        c=Sum("cpu"), m=Sum("memory_mb")
+    )
+    return agg["c"] or Decimal(0), agg["m"] or 0
 
 
 @pytest.mark.django_db
@@ -56,6 +95,7 @@ def test_least_loaded_policy_prefers_the_largest_free_cpu_share():
     small = NodeFactory(name="small@h", cpu_capacity=Decimal("2"))
     big = NodeFactory(name="big@h", cpu_capacity=Decimal("8"))
     ResourceAllocation.objects.create(node=big, execution=make_execution(), cpu=Decimal("6"), memory_mb=1)
+    Node.objects.filter(pk=big.pk).update(cpu_allocated=Decimal("6"), memory_mb_allocated=1)
 
     # big has 2 of 8 cpu free (25%), small 2 of 2 (100%).
     assert reserve(make_execution(cpu=Decimal("1"))).allocation.node == small
@@ -65,8 +105,10 @@ def test_least_loaded_policy_prefers_the_largest_free_cpu_share():
 class PackPolicy(PlacementPolicy):
     """Bin packing: the node with the least free cpu that still fits."""
 
-    def choose(self, candidates: Sequence[Candidate], job: Job) -> Candidate:
-        return min(candidates, key=lambda c: (c.free_cpu, c.node.name))
+    order_sql = 'cpu_capacity - cpu_allocated, name COLLATE "C"'
+
+    def sort_key(self, room: Room) -> tuple[Any, ...]:
+        return (room.free_cpu, room.name)
 
 
 @pytest.mark.django_db
@@ -75,6 +117,9 @@ def test_another_policy_is_one_setting_away(settings):
     NodeFactory(name="small@h", cpu_capacity=Decimal("2"))
     NodeFactory(name="big@h", cpu_capacity=Decimal("8"))
     assert reserve(make_execution(cpu=Decimal("1"))).allocation.node.name == "small@h"
+    # A batch is planned in memory with the same policy.
+    batch = reserve(make_execution(cpu=Decimal("1")), make_execution(cpu=Decimal("1")))
+    assert [p.allocation.node.name for p in batch] == ["small@h", "big@h"]
 
 
 @pytest.mark.django_db
@@ -104,15 +149,24 @@ def test_reason_when_no_online_node_has_the_labels():
 def test_reserve_is_idempotent_and_release_frees_capacity():
     NodeFactory(name="n@h", cpu_capacity=Decimal("1"))
     execution = make_execution(cpu=Decimal("1"))
+    node = Node.objects.get(name="n@h")
     first = reserve(execution)
-    assert reserve(execution).allocation == first.allocation
+    assert first.allocation.node == node
+    assert counters(node) == (Decimal("1.000"), 64)
     other = make_execution(cpu=Decimal("1"))
     assert reserve(other).allocation is None
 
-    assert allocation_release(execution_id=execution.pk) is True
-    assert allocation_release(execution_id=execution.pk) is False  # idempotent
+    assert capacity_release(holder_ids=[execution.pk]) == 1
+    assert capacity_release(holder_ids=[execution.pk]) == 0  # idempotent
+    assert counters(node) == (Decimal("0.000"), 0)
 
     assert reserve(other).allocation.node.name == "n@h"
+    # Placed again after a release, an execution reuses its one allocation row.
+    capacity_release(holder_ids=[other.pk])
+    again = reserve(other)
+    assert ResourceAllocation.objects.filter(execution=other).count() == 1
+    assert again.allocation.active
+    assert counters(node) == active_sums(node)
 
 
 @pytest.mark.django_db
@@ -131,6 +185,89 @@ def test_placement_impossible_reason():
     assert placement_impossible_reason(cpu=Decimal("1"), memory_mb=1, node_selector={"region": "us"}) == (
         "no registered node has the labels region=us"
     )
+
+
+@pytest.mark.django_db(transaction=True)
+def test_placement_outside_a_transaction_is_refused():
+    with pytest.raises(RuntimeError, match="inside transaction.atomic"):
+        capacity_reserve(demands=[Demand(holder_id=1, cpu=Decimal("1"), memory_mb=1, selector={})])
+
+
+@pytest.mark.django_db
+def test_batch_fills_nodes_like_single_placements_and_says_why_the_rest_waits():
+    NodeFactory(name="a@h", cpu_capacity=Decimal("2"), memory_mb_capacity=1000, labels={"zone": "a"})
+    NodeFactory(name="b@h", cpu_capacity=Decimal("2"), memory_mb_capacity=1000, labels={"zone": "b"})
+    executions = [make_execution(cpu=Decimal("1"), memory_mb=10) for _ in range(5)]
+    gpu = make_execution(node_selector={"gpu": "yes"})
+
+    placed = reserve(*executions, gpu)
+
+    names = [p.allocation.node.name if p.allocation else None for p in placed]
+    assert sorted(n for n in names[:4] if n) == ["a@h", "a@h", "b@h", "b@h"]  # spread, then full
+    assert names[4] is None
+    assert placed[4].reason.startswith("waiting for capacity: no online node has 1 cpu and 10 MB")
+    assert placed[5].reason == "no online node with labels gpu=yes"
+    for node in Node.objects.all():
+        assert counters(node) == active_sums(node) == (Decimal("2.000"), 20)
+
+
+@pytest.mark.django_db
+def test_sql_and_python_orders_of_the_default_policy_agree():
+    """The policy orders nodes twice (SQL for one demand, Python for a batch): both must agree."""
+    rng = random.Random(7)
+    policy = LeastLoadedPolicy()
+    for _ in range(200):
+        rooms = []
+        for i in range(6):
+            cap = Decimal(rng.choice(["1", "2", "4", "0.5"]))
+            rooms.append(
+                Room(
+                    id=i,
+                    name=rng.choice(["a", "B", "c", "_d"]) + str(i),
+                    labels={},
+                    cpu_capacity=cap,
+                    cpu_allocated=cap * Decimal(rng.choice(["0", "0.25", "0.5", "1"])),
+                    memory_mb_capacity=rng.choice([512, 1024]),
+                    memory_mb_allocated=rng.choice([0, 256, 512]),
+                )
+            )
+        python_order = [r.id for r in sorted(rooms, key=policy.sort_key)]
+        assert python_order == _sql_order(rooms, policy)
+
+
+def _sql_order(rooms: list[Room], policy: PlacementPolicy) -> list[int]:
+    values = ", ".join(["(%s, %s, %s::numeric, %s::numeric, %s, %s)"] * len(rooms))
+    params = [
+        v for r in rooms for v in (r.id, r.name, r.cpu_capacity, r.cpu_allocated, r.memory_mb_capacity,
+                                   r.memory_mb_allocated)
+    ]  # fmt: skip
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"SELECT id FROM (VALUES {values}) AS t(id, name, cpu_capacity, cpu_allocated, "  # noqa: S608
+            f"memory_mb_capacity, memory_mb_allocated) ORDER BY {policy.order_sql}",
+            params,
+        )
+        return [row[0] for row in cursor.fetchall()]
+
+
+@pytest.mark.django_db
+def test_drifted_counters_are_repaired_from_the_allocation_rows():
+    node = NodeFactory(name="drift@h", cpu_capacity=Decimal("4"), memory_mb_capacity=4096)
+    healthy = NodeFactory(name="fine@h")
+    reserve(make_execution(cpu=Decimal("1.5"), memory_mb=100), make_execution(cpu=Decimal("1"), memory_mb=50))
+    assert all(counters(n) == active_sums(n) for n in Node.objects.all())
+
+    # Corrupt one node: it looks fuller than it is (capacity lost) ...
+    Node.objects.filter(pk=node.pk).update(cpu_allocated=Decimal("3.9"), memory_mb_allocated=4000)
+    assert reserve(make_execution(cpu=Decimal("3"), memory_mb=10)).allocation.node == healthy
+    expected = {n.name: active_sums(n) for n in Node.objects.all()}
+    assert capacity_counters_repair() == ["drift@h"]
+    assert {n.name: counters(n) for n in Node.objects.all()} == expected
+    # ... or emptier (it would over-commit): repaired too, and nothing left to repair after.
+    Node.objects.filter(pk=node.pk).update(cpu_allocated=Decimal("0"), memory_mb_allocated=0)
+    assert capacity_counters_repair() == ["drift@h"]
+    assert counters(node) == active_sums(node)
+    assert capacity_counters_repair() == []
 
 
 @pytest.mark.django_db(transaction=True)
@@ -167,3 +304,4 @@ def test_concurrent_reservations_never_over_commit():
     for node in nodes:
         used = ResourceAllocation.objects.filter(node=node, released_at__isnull=True).aggregate(s=Sum("cpu"))
         assert used["s"] <= node.cpu_capacity
+        assert counters(node) == active_sums(node)

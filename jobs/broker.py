@@ -16,9 +16,9 @@ from typing import Any
 
 from celery import current_app
 
-logger = logging.getLogger(__name__)
+from .messages import EXECUTE_TASK
 
-EXECUTE_TASK = "jobs.execute"
+logger = logging.getLogger(__name__)
 
 
 def _execution_id(raw: bytes | str) -> int | None:

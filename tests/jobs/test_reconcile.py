@@ -7,10 +7,10 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from jobs.broker import broker_execution_ids
 from jobs.models import Execution
-from nodes.broker import broker_execution_ids
+from jobs.reconcile import executions_reconcile_broker
 from nodes.models import Node
-from nodes.services import executions_reconcile_broker
 from tests.factories import NodeFactory
 from tests.nodes.conftest import make_job
 
@@ -50,7 +50,7 @@ def test_reconciler_republishes_only_old_queued_executions_missing_from_the_brok
 
 
 @pytest.mark.django_db
-def test_reconciler_leaves_executions_of_offline_nodes_to_the_reaper(node):
+def test_reconciler_leaves_executions_of_offline_nodes_to_recovery(node):
     queued_execution(node, age_seconds=60)
     Node.objects.filter(pk=node.pk).update(status=Node.Status.OFFLINE)
     assert executions_reconcile_broker(older_than_seconds=10) == []

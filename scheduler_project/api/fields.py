@@ -6,15 +6,20 @@ so a client learns about a wrong type at once (and schemathesis' negative tests 
 
 from __future__ import annotations
 
+import json
 from datetime import UTC
 from decimal import Decimal
 from typing import Any
 
+from django.conf import settings
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
+
+INT32_MAX = 2**31 - 1
+SMALLINT_MAX = 2**15 - 1
 
 
 class Text(serializers.CharField):
@@ -59,7 +64,7 @@ class Number(serializers.DecimalField):
 
 @extend_schema_field(OpenApiTypes.DATETIME)
 class DateTimeText(Text):
-    """An ISO-8601 date-time kept as text: the service reads a naive time in the schedule's zone."""
+    """An ISO-8601 date-time kept as text; an aware one in UTC, a naive one left for the service's zone."""
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(max_length=64, **kwargs)
@@ -71,9 +76,35 @@ class DateTimeText(Text):
         except ValueError:  # well-formed but no such day: the service names the field
             return text
         if parsed is None or timezone.is_naive(parsed):
-            return text  # naive (in the schedule's zone) or unparseable: the service decides
+            return text  # naive (in the service's zone) or unparseable: the service decides
         try:
             # PostgreSQL stores offsets only up to 15:59 and years up to 9999 in UTC.
             return parsed.astimezone(UTC).isoformat()
         except OverflowError:
             raise serializers.ValidationError("is out of range") from None
+
+
+class SizedJSONField(serializers.JSONField):
+    """Any JSON value whose compact encoding is at most SCHEDULER_MAX_PAYLOAD_BYTES."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        limit = settings.SCHEDULER_MAX_PAYLOAD_BYTES
+        if len(json.dumps(value, separators=(",", ":")).encode()) > limit:
+            raise serializers.ValidationError(f"must be at most {limit} bytes as JSON")
+        return value
+
+
+@extend_schema_field(
+    {"type": "object", "additionalProperties": {"type": "string"}, "example": {"region": "eu"}}
+)
+class LabelsField(SizedJSONField):
+    """An object of label names to string values."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        value = super().to_internal_value(data)
+        if value is not None and not (
+            isinstance(value, dict) and all(isinstance(v, str) for v in value.values())
+        ):
+            raise serializers.ValidationError("must be an object of label names to string values")
+        return value

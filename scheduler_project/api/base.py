@@ -1,4 +1,4 @@
-"""Shared API plumbing for the jobs and nodes APIs: errors, body limits, pagination, schema responses.
+"""Shared API plumbing of every app's API: errors, body limits, pagination, schema responses.
 
 Views translate HTTP to service calls. Services raise Django's ValidationError (keyed by field) and
 PermissionDenied; here they become 400 with field errors and 403, in one JSON shape for every endpoint:
@@ -8,7 +8,7 @@ PermissionDenied; here they become 400 with field errors and 403, in one JSON sh
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -26,7 +26,8 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from ..validation import MAX_JSON_DEPTH, json_storable_problem
+from scheduler_project.jsonvalues import MAX_JSON_DEPTH, json_storable_problem
+
 from .filters import StrictOrderingFilter
 
 NON_FIELD = "non_field_errors"
@@ -106,13 +107,21 @@ class Pagination(LimitOffsetPagination):
 
 
 def _flatten(detail: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested serializer errors as dotted keys ({"resources": {"cpu": [..]}} -> {"resources.cpu": [..]})."""
+    """Nested serializer errors as dotted keys ({"resources": {"cpu": [..]}} -> {"resources.cpu": [..]}).
+
+    A list of objects' errors (many=True, one entry per item, {} for a good one) is keyed by index:
+    {"jobs": [{}, {"name": [..]}]} -> {"jobs.1.name": [..]}.
+    """
+    if isinstance(detail, list) and any(isinstance(item, Mapping) for item in detail):
+        detail = {index: item for index, item in enumerate(detail) if item}
     if not isinstance(detail, Mapping):
         return {prefix or NON_FIELD: detail if isinstance(detail, list) else [detail]}
     flat: dict[str, Any] = {}
     for key, value in detail.items():
         name = f"{prefix}.{key}" if prefix else str(key)
-        if isinstance(value, Mapping):
+        if isinstance(value, Mapping) or (
+            isinstance(value, list) and any(isinstance(v, Mapping) for v in value)
+        ):
             flat.update(_flatten(value, name))
         else:
             flat[name] = value
@@ -135,32 +144,49 @@ def api_exception_handler(exc: Exception, context: dict[str, Any]) -> Response |
     return response
 
 
-def django_errors(exc: DjangoValidationError, key_map: Mapping[str, str] | None = None) -> dict[str, list]:
-    """A Django ValidationError as {field: [messages]}, field names translated by key_map."""
+# Service error key -> API field name: a mapping (keys it lacks pass unchanged) or a function.
+KeyMap = Mapping[str, str] | Callable[[str], str]
+
+
+def _api_key(key_map: KeyMap | None, key: str) -> str:
+    if key_map is None:
+        return key
+    return key_map(key) if callable(key_map) else key_map.get(key, key)
+
+
+def django_errors(exc: DjangoValidationError, key_map: KeyMap | None = None) -> dict[str, list]:
+    """A Django ValidationError as {field: [messages]}, field names translated by key_map.
+
+    Errors about no field are "non_field_errors" unless key_map names them otherwise.
+    """
     errors = exc.message_dict if hasattr(exc, "error_dict") else {NON_FIELD: exc.messages}
-    key_map = key_map or {}
     out: dict[str, list] = {}
     for key, messages in errors.items():
-        name = NON_FIELD if key == NON_FIELD_ERRORS else key_map.get(key, key)
+        name = _api_key(key_map, NON_FIELD if key in (NON_FIELD_ERRORS, NON_FIELD) else key)
         out.setdefault(name, []).extend(str(m) for m in messages)
     return out
 
 
 @contextmanager
-def service_errors(key_map: Mapping[str, str] | None = None, denied_field: str = "") -> Iterator[None]:
-    """A service's ValidationError as 400 keyed by API field names; PermissionDenied as 403 naming a field."""
+def service_errors(key_map: KeyMap | None = None, denied_field: str = "") -> Iterator[None]:
+    """A service's ValidationError as 400 keyed by API field names; PermissionDenied as 403 naming a field.
+
+    A PermissionDenied that carries `fields` (service names, e.g. "3.kind") names each of them instead.
+    """
     try:
         yield
     except DjangoValidationError as exc:
         raise exceptions.ValidationError(django_errors(exc, key_map)) from None
     except PermissionDenied as exc:
         message = str(exc) or exceptions.PermissionDenied.default_detail
-        detail: Any = {"detail": message, denied_field: [message]} if denied_field else message
+        fields = [_api_key(key_map, field) for field in getattr(exc, "fields", ())]
+        fields = fields or ([denied_field] if denied_field else [])
+        detail: Any = {"detail": message, **{f: [message] for f in fields}} if fields else message
         raise exceptions.PermissionDenied(detail) from None
 
 
 class ApiViewMixin:
-    """What every jobs/nodes API view shares: JSON only, bounded bodies and pages, one error shape."""
+    """What every API view shares: JSON only, bounded bodies and pages, one error shape."""
 
     parser_classes: Sequence[type[BaseParser]] = [LimitedJSONParser]
     filter_backends: Sequence[Any] = [DjangoFilterBackend, StrictOrderingFilter]

@@ -1,0 +1,1 @@
+"""What runs inside a worker process: the bootstep, node identity, heartbeat, the runner, `jobs.execute`."""

@@ -1,0 +1,103 @@
+"""The worker bootstep: register at start, consume node.<name>, heartbeat, go offline on warm shutdown.
+
+Wired by `scheduler_project.celery` (`NodeStep`, loaded by name once Django is set up). Life of a worker:
+
+- bootstep init (before the consumer starts): remember the node name, add its queue node.<name> to the
+  queues this worker consumes (besides "default" or whatever -Q says);
+- bootstep start: register the Node (capacity from psutil or SCHEDULER_NODE_CPU / SCHEDULER_NODE_MEMORY_MB,
+  labels from SCHEDULER_NODE_LABELS), then a daemon thread in the main process heartbeats every
+  SCHEDULER_HEARTBEAT_SECONDS with live usage;
+- SIGTERM (warm shutdown starts): the heartbeat thread marks the node draining at once, so nothing new is
+  placed on it while its running tasks finish (the heartbeats go on, so the reaper leaves it alone);
+- worker_shutdown (after the pool finished its tasks): stop heartbeating, mark the node offline and hand
+  whatever is still queued on it to recovery, which places it on another node.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from celery import bootsteps
+from celery.signals import task_postrun, worker_shutdown, worker_shutting_down
+from django.conf import settings
+from django.db import DatabaseError, close_old_connections, connection, connections
+from psycopg.pq import TransactionStatus
+
+from jobs.services import executions_recover_node
+from nodes.models import Node
+from nodes.placement import node_queue_name
+from nodes.services import node_mark_offline
+
+from .heartbeat import Heartbeat
+from .identity import capacity, node_name_set, node_register_self
+
+logger = logging.getLogger(__name__)
+_state: dict[str, Any] = {"name": None, "heartbeat": None}
+
+
+class NodeStep(bootsteps.StartStopStep):
+    """Worker bootstep: node queue, registration, heartbeat thread (see the module docstring)."""
+
+    label = "Node"
+
+    def __init__(self, parent: Any, **kwargs: Any) -> None:
+        super().__init__(parent, **kwargs)
+        name = parent.hostname
+        _state["name"] = name
+        node_name_set(name)
+        # Runs after -Q was applied and before the consumer starts: add this node's own queue to them.
+        parent.app.amqp.queues.select_add(node_queue_name(name), queue_arguments={"x-max-priority": 10})
+
+    def start(self, parent: Any) -> None:
+        name = parent.hostname
+        node_register_self(name)
+        cpu, _ = capacity()
+        connection.close()  # not shared with the pool processes forked after this
+        thread = Heartbeat(name, settings.SCHEDULER_HEARTBEAT_SECONDS, cpu)
+        _state["heartbeat"] = thread
+        thread.start()
+
+
+@task_postrun.connect
+def _drop_stale_connections(**kwargs: Any) -> None:
+    """After each task: drop a broken or CONN_MAX_AGE-old database connection, keep a healthy one."""
+    # Celery's Django fixup would close every connection after every task; CELERY_DB_REUSE_MAX turns that
+    # off (a reconnect cost more than a no-op job), so this does what Django does after each request.
+    for conn in connections.all(initialized_only=True):
+        raw = conn.connection
+        if (
+            raw is not None
+            and not conn.in_atomic_block
+            and raw.info.transaction_status != TransactionStatus.IDLE
+        ):
+            conn.close()  # left mid-query or mid-transaction (e.g. a handler interrupted): never reuse it
+    close_old_connections()
+
+
+@worker_shutting_down.connect
+def _on_shutting_down(sender: Any = None, how: str = "", **kwargs: Any) -> None:
+    # Runs inside the signal handler: only flag it; the heartbeat thread does the database work.
+    thread = _state.get("heartbeat")
+    if thread is not None and how == "Warm":
+        thread.shutting_down.set()
+        thread.wake.set()
+
+
+@worker_shutdown.connect
+def _on_worker_shutdown(sender: Any = None, **kwargs: Any) -> None:
+    """After the pool finished its tasks: stop heartbeating, go offline, re-place what is still queued."""
+    thread = _state.get("heartbeat")
+    name = _state.get("name")
+    if thread is None or name is None:
+        return
+    _state["heartbeat"] = None
+    thread.stop()
+    close_old_connections()
+    reason = f"node {name} shut down before starting it"
+    try:
+        if node_mark_offline(name=name, reason=reason):
+            node_id = Node.objects.values_list("pk", flat=True).get(name=name)
+            executions_recover_node(node_id=node_id, reason=reason)
+    except DatabaseError:
+        logger.exception("node %s: could not mark itself offline; the reaper will", name)
