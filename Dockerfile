@@ -21,6 +21,7 @@ COPY accounts ./accounts
 COPY jobs ./jobs
 COPY nodes ./nodes
 COPY monitoring ./monitoring
+COPY worker ./worker
 
 # Static files are collected at build time (whitenoise serves them). Settings refuse to load in production
 # without a strong SECRET_KEY, so this step alone gets a throwaway one; the real key comes from .env.

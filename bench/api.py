@@ -66,9 +66,9 @@ def wait_ready(base: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            if requests.get(f"{base}/healthz", timeout=2).status_code == 200:
+            if requests.get(f"{base}/healthz", timeout=5).status_code == 200:
                 return
-        except requests.ConnectionError:
+        except requests.RequestException:  # not listening yet, or its workers still booting
             pass
         time.sleep(0.2)
     raise SystemExit(f"the web server did not answer /healthz in {timeout:.0f} s; see {LOG}")
@@ -91,13 +91,20 @@ def bench_user() -> Any:
 
 
 def jobs_delete(user: Any) -> None:
-    from django_celery_beat.models import PeriodicTask
+    """The user's jobs and beat entries, quickly (in SQL: a PeriodicTask delete signal writes a row each)."""
+    from django.db import connection
+    from django_celery_beat.models import PeriodicTask, PeriodicTasks
 
     from jobs.models import Job
 
     ids = list(Job.objects.filter(owner=user).values_list("pk", flat=True))
-    PeriodicTask.objects.filter(name__in=[f"job:{pk}" for pk in ids]).delete()
-    Job.objects.filter(pk__in=ids).delete()
+    Job.objects.filter(pk__in=ids).delete()  # with their schedules (cascade), which point at the tasks
+    with connection.cursor() as cursor:
+        cursor.execute(
+            f"DELETE FROM {PeriodicTask._meta.db_table} WHERE name = ANY(%s)",  # noqa: S608 - a model's table
+            [[f"job:{pk}" for pk in ids]],
+        )
+    PeriodicTasks.update_changed()
 
 
 def login(base: str) -> str:
@@ -223,9 +230,9 @@ def measure(load: Load, args: argparse.Namespace) -> list[list[str]]:
         bulk_times.append(seconds)
     me_rate, post_rate = me_calls / me_s, post_calls / post_s
     one_rate, many_rate = one_calls / one_s, many_calls / many_s
-    bulk_s = statistics.median(bulk_times)
-    bulk_rate = count / bulk_s
-    spread = f"median of {len(bulk_times)}, {min(bulk_times):.2f}-{max(bulk_times):.2f}"
+    bulk_s = sum(bulk_times)
+    bulk_rate = count * len(bulk_times) / bulk_s
+    spread = f"each {min(bulk_times):.2f}-{max(bulk_times):.2f}, median {statistics.median(bulk_times):.2f}"
     versus = (
         f"**{bulk_rate / one_rate:.1f} x** single (1 client), **{bulk_rate / many_rate:.1f} x** ({clients})"
     )
@@ -248,7 +255,15 @@ def measure(load: Load, args: argparse.Namespace) -> list[list[str]]:
             many_s,
             f"{many_rate / one_rate:.2f} x 1 client",
         ),
-        _row(f"POST jobs/bulk/, {count:,} jobs each", 1, 1, count, bulk_s, versus, note=spread),
+        _row(
+            f"POST jobs/bulk/, {count:,} jobs each",
+            1,
+            len(bulk_times),
+            count * len(bulk_times),
+            bulk_s,
+            versus,
+            spread,
+        ),
     ]
 
 

@@ -8,8 +8,10 @@ the other; the table gives the median of ROUNDS rounds:
   beat:     M python `echo` jobs whose interval schedule starts at the same slot T (created in bulk, a few
             seconds ahead); beat fires the slot for all of them (one INSERT per batch, placement, one
             `jobs.execute` each); time: T to the last finished_at.
-  run-now:  M `job_trigger` calls from this process, one after the other (what POST jobs/{id}/trigger/
+  run-now:  M `job_trigger` calls from this process, one after the other (what POST jobs/{id}/run/
             does); time: the first call to the last finished_at.
+  bulk-run: the same M jobs run now by one `jobs_trigger_bulk` call (POST jobs/bulk-run/).
+Before each path the tables are vacuumed (as autovacuum would have; the previous round deleted its jobs).
 Latency is slot (scheduled_for) to started_at per execution. Round trips per job are counted in-process
 over the same code (CaptureQueriesContext), commits per job from pg_stat_database during the beat path.
 
@@ -30,7 +32,10 @@ from pathlib import Path
 from _setup import BENCH_BROKER_URL, BENCH_DATABASE_URL, ROOT, machine, setup
 
 LOG_DIR = Path(os.environ.get("BENCH_LOG_DIR", "/tmp"))  # noqa: S108 - logs of the processes it starts
+# DEBUG off, as in production: with it, Django keeps and formats every query (the raw path has none).
+os.environ["DEBUG"] = "0"
 ENV = {
+    "DEBUG": "0",
     "DATABASE_URL": BENCH_DATABASE_URL,
     "CELERY_BROKER_URL": BENCH_BROKER_URL,
     "SCHEDULER_NODE_CPU": "9000",
@@ -118,6 +123,17 @@ def _commits() -> int:
         return int(cursor.fetchone()[0])
 
 
+def vacuum() -> None:
+    """What autovacuum does in a steady system: the rows the last round deleted are not scanned again."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "VACUUM ANALYZE jobs_execution, jobs_job, jobs_jobschedule, nodes_node, "
+            "nodes_resourceallocation, django_celery_beat_periodictask, monitoring_executionlogchunk"
+        )
+
+
 def run_beat(count: int, lead: float = 6.0) -> tuple[float, list[float], float]:
     """M jobs on one slot, fired by the running beat; (jobs/s, latencies, commits per job)."""
     from jobs.models import Job
@@ -147,10 +163,23 @@ def run_now(count: int) -> tuple[float, list[float]]:
     return rate, latencies
 
 
+def run_now_bulk(count: int) -> tuple[float, list[float]]:
+    """The same, as one bulk-run (POST jobs/bulk-run/'s service): one batch for all of them."""
+    from jobs.models import Job
+    from jobs.services import jobs_trigger_bulk
+
+    ids = _jobs(count, None)
+    started = datetime.now(UTC)
+    jobs_trigger_bulk(actor=_owner(), jobs=ids)
+    rate, latencies = _finished(ids, count, started)
+    Job.objects.filter(pk__in=ids).delete()
+    return rate, latencies
+
+
 def round_trips() -> tuple[float, float, float]:
     """Queries per job, counted in-process on the same code: a beat batch of 500 (per job), one run-now
     (create, place, queue), and one run (claim, run, finish), all in a transaction rolled back after."""
-    from django.db import connection, transaction
+    from django.db import connection, reset_queries, transaction
     from django.test.utils import CaptureQueriesContext
 
     from jobs.models import Job
@@ -169,6 +198,7 @@ def round_trips() -> tuple[float, float, float]:
     try:
         with transaction.atomic():
             jobs = list(Job.objects.filter(pk__in=_jobs(501, None)))
+            reset_queries()
             with CaptureQueriesContext(connection) as fired:
                 ids = firing.slots_fire(
                     slots=[firing.Slot(job_id=j.pk, scheduled_for=slot) for j in jobs[:500]]
@@ -217,8 +247,8 @@ def main() -> None:
     beat = start(
         ["beat", "--loglevel", "WARNING", "-s", str(LOG_DIR / "bench-beat-schedule")], "bench-beat.log"
     )
-    results: dict[str, list[float]] = {"raw": [], "beat": [], "now": []}
-    latency: dict[str, list[float]] = {"beat": [], "now": []}
+    results: dict[str, list[float]] = {"raw": [], "beat": [], "now": [], "bulk": []}
+    latency: dict[str, list[float]] = {"beat": [], "now": [], "bulk": []}
     commits: list[float] = []
     try:
         wait(lambda: Node.objects.filter(status=Node.Status.ONLINE).exists(), 120, "the worker's node")
@@ -226,16 +256,23 @@ def main() -> None:
         run_now(50)
         run_beat(50, lead=3)
         for n in range(args.rounds):
+            vacuum()
             results["raw"].append(run_raw(app, broker, args.count))
             rate, lat, per_job = run_beat(args.count)
             results["beat"].append(rate)
             latency["beat"] += lat
             commits.append(per_job)
+            vacuum()
             rate, lat = run_now(args.count)
             results["now"].append(rate)
             latency["now"] += lat
+            vacuum()
+            rate, lat = run_now_bulk(args.count)
+            results["bulk"].append(rate)
+            latency["bulk"] += lat
             print(f"round {n + 1}: raw {results['raw'][-1]:.1f}/s, beat {results['beat'][-1]:.1f}/s, "
-                  f"run-now {results['now'][-1]:.1f}/s", file=sys.stderr)  # fmt: skip
+                  f"run-now {results['now'][-1]:.1f}/s, bulk-run {results['bulk'][-1]:.1f}/s",
+                  file=sys.stderr)  # fmt: skip
         fire_q, now_q, run_q = round_trips()
     finally:
         for proc in (beat, worker):
@@ -262,7 +299,8 @@ def main() -> None:
     )
     rows = [
         ("beat", "jobs, beat-fired (batch insert -> execute)", f"{fire_q:.2f}+{run_q}"),
-        ("now", "jobs, run now (job_trigger -> execute)", f"{now_q}+{run_q}"),
+        ("now", "jobs, run now, one call per job (job_trigger)", f"{now_q}+{run_q}"),
+        ("bulk", "jobs, run now, one bulk-run of them all", f"{fire_q:.2f}+{run_q}"),
     ]
     for key, label, queries in rows:
         median = statistics.median(results[key])
@@ -272,7 +310,7 @@ def main() -> None:
             f"{pct(latency[key], 0.5) * 1000:>8.0f} {pct(latency[key], 0.99) * 1000:>8.0f} {queries:>12}"
         )
     print(
-        "commits per job on the beat path (pg_stat_database, all processes): "
+        "transactions per job on the beat path (pg_stat_database xact_commit, all processes, reads too): "
         f"{statistics.median(commits):.2f}"
     )
     print("queries/job: firing (per job of a 500-slot batch, or one run-now) + the worker's run")

@@ -5,6 +5,7 @@ nudge for a placement pass. Only work that is due now; every publish happens aft
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -93,8 +94,17 @@ def _send_dispatch_pending() -> None:
         current_app.send_task("jobs.dispatch_pending")
 
 
+_waiting_seen = {"value": False, "until": 0.0}  # per process: the mark as read lately
+WAITING_RECHECK_SECONDS = 0.5
+
+
 def _nudge_if_waiting() -> None:
-    if cache.get(PENDING_WAITING_KEY):
+    # Read the mark at most twice a second per process: a release costs no Redis round trip, and pending
+    # work waits at most that much longer (the sweep places it every SCHEDULER_SWEEP_SECONDS anyway).
+    now = time.monotonic()
+    if now >= _waiting_seen["until"]:
+        _waiting_seen.update(value=bool(cache.get(PENDING_WAITING_KEY)), until=now + WAITING_RECHECK_SECONDS)
+    if _waiting_seen["value"]:
         _send_dispatch_pending()
 
 

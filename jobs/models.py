@@ -170,13 +170,20 @@ class Execution(models.Model):
         RETRY = "retry"  # a retry of a failed attempt
         REPLAY = "replay"  # replay of a dead letter
 
-    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="executions")
+    # Indexes are few on purpose: every status change rewrites the row into each index it matches (status
+    # is indexed, so no change is a HOT update). job_id is served by the unique (job, slot, attempt) index.
+    job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="executions", db_index=False)
     scheduled_for = models.DateTimeField(help_text="the slot this execution serves")
     attempt = models.PositiveSmallIntegerField(default=1)
     trigger = models.CharField(max_length=16, choices=Trigger.choices, default=Trigger.SCHEDULE)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING)
     node = models.ForeignKey(
-        "nodes.Node", on_delete=models.SET_NULL, null=True, blank=True, related_name="executions"
+        "nodes.Node",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="executions",
+        db_index=False,  # what a node holds is the partial index below; a node is rarely deleted
     )
     claim_token = models.UUIDField(null=True, blank=True, help_text="fencing token of the claim")
     worker_pid = models.PositiveIntegerField(
@@ -194,10 +201,10 @@ class Execution(models.Model):
     result = models.JSONField(null=True, blank=True)
     progress = models.FloatField(null=True, blank=True, help_text="0..100 as reported by the job")
     retry_of = models.ForeignKey(
-        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries"
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries", db_index=False
     )
     replay_of = models.ForeignKey(
-        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="replays"
+        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="replays", db_index=False
     )
 
     class Meta:
@@ -208,15 +215,25 @@ class Execution(models.Model):
             ),
         ]
         indexes = [
-            models.Index(fields=["job", "-scheduled_for"]),
-            models.Index(fields=["status", "created_at"]),
-            models.Index(fields=["node", "status"]),
+            # What a node holds (heartbeat's running count, recovery of an offline node, usage).
+            models.Index(
+                fields=["node", "status"],
+                condition=Q(status__in=["queued", "running"]),
+                name="execution_held_by_node",
+            ),
             # Metrics, dashboard and retention read executions finished in a time window.
-            models.Index(fields=["finished_at"], name="execution_finished_at"),
+            models.Index(
+                fields=["finished_at"], condition=Q(finished_at__isnull=False), name="execution_finished_at"
+            ),
+            # Pending placement, queued reconciling, running sweeps: the few active rows, by age.
             models.Index(
                 fields=["created_at"],
                 condition=Q(status__in=["pending", "queued", "running"]),
                 name="execution_active",
+            ),
+            models.Index(fields=["retry_of"], condition=Q(retry_of__isnull=False), name="execution_retry_of"),
+            models.Index(
+                fields=["replay_of"], condition=Q(replay_of__isnull=False), name="execution_replay_of"
             ),
         ]
 

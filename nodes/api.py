@@ -1,7 +1,7 @@
 """The nodes REST API: nodes (read; operators register and drain), cluster usage, allocations.
 
 Views translate HTTP to nodes.services / nodes.selectors calls; the JSON plumbing (errors, body limits,
-pagination, documented error responses) is shared with the jobs API (jobs.api.base).
+pagination, documented error responses) is the shared kit in scheduler_project.api.
 """
 
 from __future__ import annotations

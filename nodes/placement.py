@@ -34,6 +34,7 @@ from django.db.models import Max
 from django.utils.module_loading import import_string
 
 from nodes.models import Node
+from scheduler_project.db import sql_execute
 
 logger = logging.getLogger(__name__)
 REASON_MAX_LENGTH = 255
@@ -201,9 +202,7 @@ def _rooms(selector: Mapping[str, Any] | None = None) -> list[Room]:
     if selector:
         sql += " AND labels @> %s::jsonb"
         params.append(json.dumps(dict(selector)))
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
+    rows = sql_execute(sql, params)
     return [
         Room(
             id=pk,
@@ -286,11 +285,9 @@ def _reserve_one(demand: Demand) -> Placement:
         "holder": demand.holder_id,
     }
     for _ in range(RACE_ROUNDS):
-        with connection.cursor() as cursor:
-            cursor.execute(sql, params)
-            row = cursor.fetchone()
-        if row is not None:
-            return Reservation(node_id=row[0], node_name=row[1])
+        rows = sql_execute(sql, params)
+        if rows:
+            return Reservation(node_id=rows[0][0], node_name=rows[0][1])
         rooms = _rooms(demand.selector)
         if not any(room.fits(demand) for room in rooms):
             return NoFit(_no_fit_reason(demand, rooms))
@@ -319,10 +316,8 @@ def _book(plan: Mapping[int, Sequence[int]], demands: Sequence[Demand]) -> set[i
     node_ids = sorted(plan)
     cpus = [sum((demands[i].cpu for i in plan[n]), Decimal(0)) for n in node_ids]
     mems = [sum(demands[i].memory_mb for i in plan[n]) for n in node_ids]
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT id FROM nodes_node WHERE id = ANY(%s) ORDER BY id FOR UPDATE", [node_ids])
-        cursor.execute(_BOOK, [node_ids, cpus, mems])
-        return {row[0] for row in cursor.fetchall()}
+    sql_execute("SELECT id FROM nodes_node WHERE id = ANY(%s::bigint[]) ORDER BY id FOR UPDATE", [node_ids])
+    return {row[0] for row in sql_execute(_BOOK, [node_ids, cpus, mems])}
 
 
 def _reserve_many(demands: Sequence[Demand]) -> list[Placement]:
@@ -344,38 +339,46 @@ def _reserve_many(demands: Sequence[Demand]) -> list[Placement]:
             break
     placed = [(i, r) for i, r in enumerate(results) if isinstance(r, Reservation)]
     if placed:
-        with connection.cursor() as cursor:
-            cursor.execute(
-                _INSERT_ALLOCATIONS,
-                [
-                    [r.node_id for _, r in placed],
-                    [demands[i].holder_id for i, _ in placed],
-                    [demands[i].cpu for i, _ in placed],
-                    [demands[i].memory_mb for i, _ in placed],
-                ],
-            )
+        sql_execute(
+            _INSERT_ALLOCATIONS,
+            [
+                [r.node_id for _, r in placed],
+                [demands[i].holder_id for i, _ in placed],
+                [demands[i].cpu for i, _ in placed],
+                [demands[i].memory_mb for i, _ in placed],
+            ],
+        )
     fresh = _rooms() if todo else rooms
     return [r if r is not None else NoFit(_no_fit_reason(demands[i], fresh)) for i, r in enumerate(results)]
 
 
 # --- release and repair -----------------------------------------------------------------------
 
-_RELEASE = """
-WITH a AS (
+
+def capacity_release_sql(holders: str) -> str:
+    """CTEs (to follow a WITH) that release the active allocations of the holder ids `holders` selects and
+    lower their nodes' counters; `released_count` then gives how many were released. For a caller that
+    frees capacity in the same statement as its own change (the jobs core's transitions)."""
+    return f"""
+released AS (
     UPDATE nodes_resourceallocation SET released_at = clock_timestamp()
-    WHERE execution_id = ANY(%s) AND released_at IS NULL
+    WHERE execution_id IN ({holders}) AND released_at IS NULL
     RETURNING node_id, cpu, memory_mb
 ),
-s AS (SELECT node_id, SUM(cpu) AS cpu, SUM(memory_mb) AS mem, COUNT(*) AS n FROM a GROUP BY node_id),
-u AS (
-    UPDATE nodes_node AS n
-    SET cpu_allocated = GREATEST(n.cpu_allocated - s.cpu, 0),
-        memory_mb_allocated = GREATEST(n.memory_mb_allocated - s.mem, 0)
-    FROM s WHERE n.id = s.node_id
-    RETURNING n.id
-)
-SELECT COALESCE(SUM(n), 0)::int FROM s
-"""
+released_sum AS (
+    SELECT node_id, SUM(cpu) AS cpu, SUM(memory_mb) AS mem, COUNT(*) AS n FROM released GROUP BY node_id
+),
+released_nodes AS (
+    UPDATE nodes_node AS rn
+    SET cpu_allocated = GREATEST(rn.cpu_allocated - rs.cpu, 0),
+        memory_mb_allocated = GREATEST(rn.memory_mb_allocated - rs.mem, 0)
+    FROM released_sum AS rs WHERE rn.id = rs.node_id
+    RETURNING rn.id
+),
+released_count AS (SELECT COALESCE(SUM(n), 0)::int AS n FROM released_sum)"""  # noqa: S608 - no values
+
+
+_RELEASE = f"WITH {capacity_release_sql('SELECT unnest(%s::bigint[])')} SELECT n FROM released_count"  # noqa: S608
 
 
 def capacity_release(*, holder_ids: Sequence[int]) -> int:
@@ -385,10 +388,8 @@ def capacity_release(*, holder_ids: Sequence[int]) -> int:
     """
     if not holder_ids:
         return 0
-    with connection.cursor() as cursor:
-        cursor.execute(_RELEASE, [list(holder_ids)])
-        row = cursor.fetchone()
-    return int(row[0]) if row else 0
+    rows = sql_execute(_RELEASE, [list(holder_ids)])
+    return int(rows[0][0]) if rows else 0
 
 
 _DRIFT = """

@@ -99,6 +99,8 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("SCHEDULER_DB_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# The hot statements (claim, finish, placement) run as prepared statements (scheduler_project/db.py).
+SCHEDULER_DB_PREPARE = env.bool("SCHEDULER_DB_PREPARE", default=True)
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

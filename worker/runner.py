@@ -1,9 +1,10 @@
 """Worker side of an execution: claim it, run its executor under a database-backed control, finish it.
 
-The cheap path of a short run is two round trips and two commits: the claim (one conditional UPDATE that
-returns what the executor needs) and the finish (status, output, capacity released, retry or dead letter
-decided, in one transaction). Output is streamed live as chunks only while a run lasts longer than the
-flush interval; a short run's output is its execution row's tail, written by the finish.
+The cheap path of a short run that succeeds is two statements, each its own commit: the claim (one
+conditional UPDATE that returns what the executor needs) and the finish (status, output and the capacity
+released in one statement; a failure adds its retry or dead-letter row in the same transaction). Output
+is streamed live as chunks only while a run lasts longer than the flush interval; a short run's output is
+its execution row's tail, written by the finish.
 """
 
 from __future__ import annotations
@@ -12,8 +13,6 @@ import logging
 import os
 import time
 import uuid
-
-from django.db import transaction
 
 from jobs.executors import Outcome, executor_for
 from jobs.executors.base import clamp_progress
@@ -108,15 +107,14 @@ def execution_run(*, execution_id: int) -> str | None:
         outcome = Outcome(status="failed", error=f"executor error: {type(exc).__name__}: {exc}"[:2000])
     finished = False
     try:
-        with transaction.atomic():
-            control.progress_flush()
-            control.log.flush_final(tail=outcome.output)
-            finished = execution_finish(
-                execution_id=execution_id,
-                claim_token=claim.claim_token,
-                outcome=outcome,
-                retries_left=claim.retries_left,
-            )
+        control.progress_flush()
+        control.log.flush_final(tail=outcome.output)  # nothing for a short run: its tail is its log
+        finished = execution_finish(
+            execution_id=execution_id,
+            claim_token=claim.claim_token,
+            outcome=outcome,
+            retries_left=claim.retries_left,
+        )
     finally:
         if not finished:
             # A failed finish (database error) must not keep the capacity of a run that is over.

@@ -94,8 +94,11 @@ class ScheduleSerializer(serializers.Serializer):
         }
 
 
+_DATETIME = serializers.DateTimeField()  # one instance: building a field per value is most of a job's render
+
+
 def _iso(value: Any) -> str | None:
-    return serializers.DateTimeField().to_representation(value) if value else None
+    return _DATETIME.to_representation(value) if value else None
 
 
 class ResourcesSerializer(serializers.Serializer):
@@ -142,12 +145,6 @@ class JobSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField(read_only=True)
     updated_at = serializers.DateTimeField(read_only=True)
     last_execution = serializers.SerializerMethodField()
-
-    def to_representation(self, instance: Job) -> dict[str, Any]:
-        data = super().to_representation(instance)
-        schedule = _schedule_of(instance)
-        data["schedule"] = ScheduleSerializer(schedule).data if schedule is not None else None
-        return data
 
     @extend_schema_field(serializers.DateTimeField(allow_null=True))
     def get_next_run_at(self, job: Job) -> str | None:

@@ -111,6 +111,14 @@ class JobViewSet(
         data = JobSerializer(self._fresh(job), context=self.get_serializer_context()).data
         return Response(data, status=code)
 
+    def _fresh_all(self, jobs: list[Job]) -> list[Job]:
+        fresh = (
+            Job.objects.select_related("owner", "schedule")
+            .annotate(last_execution_data=_last_execution())
+            .in_bulk([job.pk for job in jobs])
+        )
+        return [fresh[job.pk] for job in jobs]
+
     def _fresh(self, job: Job) -> Job:
         # Re-read through the annotated queryset (schedule, last execution) after a service changed it.
         return (
@@ -164,16 +172,10 @@ class JobViewSet(
                     {BULK_FIELD: type_errors, **{bulk_error_key(k): v for k, v in found.items()}}
                 )
             result = services.jobs_create_bulk(owner=request.user, items=items, idempotency_key=key)
-        ids = [job.pk for job in result.jobs]
-        fresh = (
-            Job.objects.select_related("owner", "schedule")
-            .annotate(last_execution_data=_last_execution())
-            .in_bulk(ids)
-        )
-        data = JobBulkResultSerializer(
-            {"jobs": [fresh[pk] for pk in ids]}, context=self.get_serializer_context()
-        )
-        return Response(data.data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
+        # New jobs are answered as created (schedules loaded, no execution yet); an earlier batch is re-read.
+        jobs = result.jobs if result.created else self._fresh_all(result.jobs)
+        data = JobBulkResultSerializer({"jobs": jobs}, context=self.get_serializer_context()).data
+        return Response(data, status=status.HTTP_201_CREATED if result.created else status.HTTP_200_OK)
 
     @extend_schema(
         summary="Run up to SCHEDULER_BULK_MAX_ITEMS jobs now: an execution for each, or none",

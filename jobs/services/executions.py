@@ -18,6 +18,7 @@ and their JobRetry / DeadLetter row carries the decision. `failed` is kept for o
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import logging
 import uuid
@@ -27,13 +28,14 @@ from datetime import datetime, timedelta
 from typing import Any
 
 import psutil
-from django.db import connection, transaction
+from django.db import transaction
 from django.db.models import DateTimeField, ExpressionWrapper, F
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from nodes.models import Node, ResourceAllocation
-from nodes.placement import capacity_release
+from nodes.placement import capacity_release, capacity_release_sql
+from scheduler_project.db import sql_execute
 
 from .. import messages
 from ..executors.base import Outcome
@@ -83,36 +85,89 @@ class IllegalTransition(ValueError):
 
 @dataclass(frozen=True)
 class Changed:
-    """One execution a transition moved, with what its effects (and the caller) need."""
+    """One execution a transition moved; the other fields are read only when its effects need them (a
+    failure's retry decision, a publish, a claim)."""
 
     id: int
     source: str
     target: str
-    job_id: int
-    attempt: int
-    scheduled_for: datetime
-    node_id: int | None
-    node_name: str | None
-    error: str
-    max_retries: int
-    retry_backoff_seconds: int
-    retry_backoff_max_seconds: int
-    retry_jitter: bool
-    priority: int
-    timeout_seconds: int
+    job_id: Any = None
+    attempt: Any = None
+    error: str = ""
+    node_name: str | None = None
+    max_retries: Any = None
+    retry_backoff_seconds: Any = None
+    retry_backoff_max_seconds: Any = None
+    retry_jitter: Any = None
+    priority: Any = None
+    timeout_seconds: Any = None
     kind: str = ""
     payload: Any = None
 
 
-_RETURNING = (
-    "e.id, o.status, e.job_id, e.attempt, e.scheduled_for, e.node_id, "
-    "(SELECT name FROM nodes_node WHERE id = e.node_id), e.error, j.max_retries, j.retry_backoff_seconds, "
-    "j.retry_backoff_max_seconds, j.retry_jitter, j.priority, j.timeout_seconds"
-)
+_RETRY_COLUMNS = ("max_retries", "retry_backoff_seconds", "retry_backoff_max_seconds", "retry_jitter")
+_CHANGED_FIELDS = (
+    "id", "job_id", "attempt", "error", "node_name", *_RETRY_COLUMNS, "priority", "timeout_seconds", "kind",
+    "payload",
+)  # fmt: skip
 
 
 def _sql_value(value: Any) -> Any:
     return Jsonb(value) if isinstance(value, dict | list) else value
+
+
+@functools.cache
+def _transition_sql(
+    *, source: tuple[str, ...], target: str, columns: tuple[str, ...], where: str, with_payload: bool
+) -> tuple[str, tuple[str, ...]]:
+    """The one statement of a transition, as lean as its effects allow: (sql, names of what it returns)."""
+    effects = Effect.NONE
+    for status in source:
+        effects |= TRANSITIONS[(status, target)]
+    returned: dict[str, str] = {"id": "e.id"}
+    if effects & Effect.DECIDE or with_payload:
+        returned.update({c: f"e.{c}" for c in ("job_id", "attempt", "error")})
+    if effects & Effect.DECIDE:
+        returned.update({c: f"j.{c}" for c in _RETRY_COLUMNS})
+    if effects & Effect.PUBLISH:
+        returned["node_name"] = "(SELECT name FROM nodes_node WHERE id = e.node_id)"
+        returned.update({c: f"j.{c}" for c in ("priority", "timeout_seconds")})
+    if with_payload:
+        returned.update({c: f"j.{c}" for c in ("kind", "payload", "timeout_seconds", "max_retries")})
+    join_job = any(expr.startswith("j.") for expr in returned.values())
+    tables = ["jobs_job AS j"] if join_job else []
+    if len(source) == 1:
+        # One source status: the conditional UPDATE alone decides who wins (the old status is known).
+        condition = "e.id = ANY(%s::bigint[]) AND e.status = ANY(%s::text[])"
+        returned["source"] = "%s::text"
+    else:
+        # Several: lock them (id order) to learn each one's old status, which decides its effects.
+        tables.insert(
+            0,
+            "(SELECT x.id, x.status FROM jobs_execution AS x WHERE x.id = ANY(%s::bigint[]) "
+            "AND x.status = ANY(%s::text[]) ORDER BY x.id FOR UPDATE) AS o",
+        )
+        condition = "e.id = o.id"
+        returned["source"] = "o.status"
+    if join_job:
+        condition += " AND j.id = e.job_id"
+    assignments = ", ".join(["status = %s", *(f"{column} = %s" for column in columns)])
+    returning = ", ".join(f"{expr} AS {name}" for name, expr in returned.items())
+    from_clause = f" FROM {', '.join(tables)}" if tables else ""
+    # Only this module's column names and SQL are formatted in; every value is a bound parameter.
+    update = (
+        f"UPDATE jobs_execution AS e SET {assignments}{from_clause} "  # noqa: S608
+        f"WHERE {condition} {where} RETURNING {returning}"
+    )
+    names = (*returned, "released")
+    if Effect.RELEASE not in effects:
+        return f"{update}, 0 AS released", names
+    holders = "SELECT id FROM moved WHERE source = ANY(%s::text[])"
+    sql = (
+        f"WITH moved AS ({update}), {capacity_release_sql(holders)} "  # noqa: S608
+        "SELECT moved.*, (SELECT n FROM released_count) AS released FROM moved"
+    )
+    return sql, names
 
 
 def transition(
@@ -126,57 +181,41 @@ def transition(
     with_payload: bool = False,
 ) -> list[Changed]:
     """Move the executions among `ids` whose status is in `source` to `target` (one conditional UPDATE),
-    set `values` on them, apply the transitions' effects; returns the rows moved.
+    set `values` on them, apply the transitions' effects; returns the rows moved (in id order).
 
-    `where` adds conditions on the row (alias x), e.g. "AND x.claim_token = %s". Raises IllegalTransition
-    for a pair the table does not allow, before touching the database.
+    One statement: the capacity a transition frees is released in it (nodes.placement's release CTEs), so
+    the common case (a run that succeeded) needs no transaction of its own. `where` adds conditions on the
+    row (alias e), e.g. "AND e.claim_token = %s". Raises IllegalTransition for a pair the table does not
+    allow, before touching the database.
     """
     for status in source:
         if (status, target) not in TRANSITIONS:
             raise IllegalTransition(f"execution status {status!r} cannot become {target!r}")
     if not ids:
         return []
+    source = tuple(dict.fromkeys(source))
     values = dict(values or {})
-    assignments = ", ".join(["status = %s", *(f"{column} = %s" for column in values)])
-    returning = _RETURNING + (", j.kind, j.payload" if with_payload else "")
-    sql = (
-        f"UPDATE jobs_execution AS e SET {assignments} "  # noqa: S608 - column names from this module
-        "FROM (SELECT x.id, x.status FROM jobs_execution AS x "
-        f"WHERE x.id = ANY(%s) AND x.status = ANY(%s) {where} ORDER BY x.id FOR UPDATE) AS o, jobs_job AS j "
-        f"WHERE e.id = o.id AND j.id = e.job_id RETURNING {returning}"
+    sql, names = _transition_sql(
+        source=source, target=target, columns=tuple(values), where=where, with_payload=with_payload
     )
     params = [target, *(_sql_value(v) for v in values.values()), list(ids), list(source), *where_params]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    changed = [_changed(row, target, with_payload) for row in rows]
+    if len(source) == 1:
+        params.append(source[0])
+    if "released_count" in sql:  # the release CTE's holders: the sources whose transition releases
+        params.append([s for s in source if Effect.RELEASE in TRANSITIONS[(s, target)]])
+    rows = [dict(zip(names, row, strict=True)) for row in sql_execute(sql, params)]
+    if any(row.get("released") for row in rows):
+        messages.place_soon()  # capacity freed: placed work may fit now
+    changed = sorted((_changed(row, target) for row in rows), key=lambda c: c.id)
     _effects(changed)
     return changed
 
 
-def _changed(row: Sequence[Any], target: str, with_payload: bool) -> Changed:
-    extra: dict[str, Any] = {}
-    if with_payload:
-        payload = row[15]
-        extra = {"kind": row[14], "payload": _json(payload)}
-    return Changed(
-        id=row[0],
-        source=row[1],
-        target=target,
-        job_id=row[2],
-        attempt=row[3],
-        scheduled_for=row[4],
-        node_id=row[5],
-        node_name=row[6],
-        error=row[7],
-        max_retries=row[8],
-        retry_backoff_seconds=row[9],
-        retry_backoff_max_seconds=row[10],
-        retry_jitter=row[11],
-        priority=row[12],
-        timeout_seconds=row[13],
-        **extra,
-    )
+def _changed(row: Mapping[str, Any], target: str) -> Changed:
+    fields = {name: row[name] for name in _CHANGED_FIELDS if name in row}
+    if "payload" in fields:
+        fields["payload"] = _json(fields["payload"])
+    return Changed(source=row["source"], target=target, **fields)
 
 
 def _json(value: Any) -> Any:
@@ -185,10 +224,8 @@ def _json(value: Any) -> Any:
 
 
 def _effects(changed: Sequence[Changed]) -> None:
+    """The effects a transition has besides its statement (RELEASE and PLACE are done in it)."""
     effects = {row.id: TRANSITIONS[(row.source, row.target)] for row in changed}
-    release = [row.id for row in changed if Effect.RELEASE in effects[row.id]]
-    if release and capacity_release(holder_ids=release):
-        messages.place_soon()
     decide = [row for row in changed if Effect.DECIDE in effects[row.id]]
     if decide:
         failure_records_create(attempts=[_failed_attempt(row) for row in decide])
@@ -292,27 +329,27 @@ def executions_create(
         [i.retry_of_id for i in items],
         [i.replay_of_id for i in items],
     ]
-    with connection.cursor() as cursor:
-        cursor.execute(sql, params)
-        rows = cursor.fetchall()
-    return [
-        Created(
-            id=r[0],
-            job_id=r[1],
-            scheduled_for=r[2],
-            attempt=r[3],
-            trigger=r[4],
-            cpu=r[5],
-            memory_mb=r[6],
-            node_selector=_json(r[7]) or {},
-            priority=r[8],
-            concurrency_policy=r[9],
-            misfire_policy=r[10],
-            schedule_type=r[11],
-            every_seconds=r[12],
-        )
-        for r in rows
-    ]
+    return [_created(row) for row in sql_execute(sql, params)]
+
+
+def _created(row: Sequence[Any]) -> Created:
+    """A Created from columns id, job_id, slot, attempt, trigger, the job's fields[, the schedule's]."""
+    schedule = (row[11], row[12]) if len(row) > 11 else (None, None)
+    return Created(
+        id=row[0],
+        job_id=row[1],
+        scheduled_for=row[2],
+        attempt=row[3],
+        trigger=row[4],
+        cpu=row[5],
+        memory_mb=row[6],
+        node_selector=_json(row[7]) or {},
+        priority=row[8],
+        concurrency_policy=row[9],
+        misfire_policy=row[10],
+        schedule_type=schedule[0],
+        every_seconds=schedule[1],
+    )
 
 
 # --- placement outcomes -----------------------------------------------------------------------
@@ -347,33 +384,14 @@ def executions_skip(*, ids: Sequence[int], reason: str) -> list[Changed]:
 
 def executions_pending_lock(*, limit: int) -> list[Created]:
     """Pending executions to place, highest priority first, then oldest; locked (others skip them)."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT e.id, e.job_id, e.scheduled_for, e.attempt, e.trigger, j.cpu, j.memory_mb, "
-            "j.node_selector, j.priority, j.concurrency_policy, j.misfire_policy "
-            "FROM jobs_execution AS e JOIN jobs_job AS j ON j.id = e.job_id WHERE e.status = 'pending' "
-            "ORDER BY j.priority DESC, e.created_at, e.id LIMIT %s FOR UPDATE OF e SKIP LOCKED",
-            [limit],
-        )
-        rows = cursor.fetchall()
-    return [
-        Created(
-            id=r[0],
-            job_id=r[1],
-            scheduled_for=r[2],
-            attempt=r[3],
-            trigger=r[4],
-            cpu=r[5],
-            memory_mb=r[6],
-            node_selector=_json(r[7]) or {},
-            priority=r[8],
-            concurrency_policy=r[9],
-            misfire_policy=r[10],
-            schedule_type=None,
-            every_seconds=None,
-        )
-        for r in rows
-    ]
+    rows = sql_execute(
+        "SELECT e.id, e.job_id, e.scheduled_for, e.attempt, e.trigger, j.cpu, j.memory_mb, "
+        "j.node_selector, j.priority, j.concurrency_policy, j.misfire_policy "
+        "FROM jobs_execution AS e JOIN jobs_job AS j ON j.id = e.job_id WHERE e.status = 'pending' "
+        "ORDER BY j.priority DESC, e.created_at, e.id LIMIT %s FOR UPDATE OF e SKIP LOCKED",
+        [limit],
+    )
+    return [_created(row) for row in rows]
 
 
 # --- the worker's side ------------------------------------------------------------------------
@@ -416,7 +434,7 @@ def execution_claim(*, execution_id: int, node_name: str, pid: int) -> Claim | N
         source=[S.QUEUED],
         target=S.RUNNING,
         values={"claim_token": token, "started_at": timezone.now(), "worker_pid": pid},
-        where="AND x.node_id = (SELECT id FROM nodes_node WHERE name = %s)",
+        where="AND e.node_id = (SELECT id FROM nodes_node WHERE name = %s)",
         where_params=[node_name],
         with_payload=True,
     )
@@ -506,19 +524,25 @@ def _retries_left(execution_id: int) -> bool:
     return bool(row and row["attempt"] <= row["job__max_retries"])
 
 
-@transaction.atomic(savepoint=False)  # nested in the runner's transaction: no savepoint round trips
 def execution_finish(
     *, execution_id: int, claim_token: uuid.UUID, outcome: Outcome, retries_left: bool | None = None
 ) -> bool:
     """running -> the outcome, only while the claim is ours (fencing); the capacity is freed either way.
 
-    A failure becomes `retrying` (a JobRetry) or `dead` (a DeadLetter) in the same transaction;
-    `retries_left` comes from the claim (None: read it).
+    A success is one statement (status, output, capacity released). A failure becomes `retrying` (a
+    JobRetry) or `dead` (a DeadLetter) in one transaction; `retries_left` comes from the claim (None: read).
     """
     if outcome.status not in _OUTCOMES:
         raise ValueError(f"not an outcome status: {outcome.status!r}")
     if outcome.status == S.FAILED and retries_left is None:
         retries_left = _retries_left(execution_id)
+    if outcome.status == S.SUCCEEDED:
+        return _finish(execution_id, claim_token, outcome, retries_left=False)
+    with transaction.atomic(savepoint=False):
+        return _finish(execution_id, claim_token, outcome, retries_left=bool(retries_left))
+
+
+def _finish(execution_id: int, claim_token: uuid.UUID, outcome: Outcome, *, retries_left: bool) -> bool:
     kept = {
         "exit_code": outcome.exit_code,
         "output": outcome.output,
@@ -529,9 +553,9 @@ def execution_finish(
     won = transition(
         ids=[execution_id],
         source=[S.RUNNING],
-        target=_outcome_target(outcome.status, bool(retries_left)),
+        target=_outcome_target(outcome.status, retries_left),
         values={"finished_at": timezone.now(), "error": outcome.error[:ERROR_MAX], **kept, **done},
-        where="AND x.claim_token = %s",
+        where="AND e.claim_token = %s",
         where_params=[claim_token],
     )
     if won:

@@ -11,7 +11,7 @@ from django_celery_beat.models import PeriodicTask
 
 from jobs.models import Execution, Job, JobSchedule
 from jobs.services import jobs_create_bulk
-from tests.api.conftest import job_body, token_client
+from tests.api.conftest import in_one_hour, job_body, token_client
 from tests.conftest import wait_for
 from tests.factories import JobFactory
 
@@ -51,6 +51,22 @@ def test_bulk_creates_every_job_with_its_schedule_and_beat_entry(as_alice, alice
     tasks = PeriodicTask.objects.filter(name__startswith="job:")
     assert sorted(tasks.values_list("name", flat=True)) == sorted(f"job:{job['id']}" for job in jobs[:2])
     assert JobSchedule.objects.filter(periodic_task__isnull=False).count() == 2
+
+
+def test_each_job_in_the_answer_is_what_get_answers(as_alice):
+    bodies = _bodies(5)
+    bodies[1]["schedule"] = {"type": "cron", "expression": "30 2 * * 1-5", "timezone": "Europe/Paris"}
+    bodies[2]["schedule"] = {"type": "once", "at": in_one_hour()}
+    bodies[3]["schedule"] = {
+        "type": "interval",
+        "every_seconds": 90,
+        "start_at": in_one_hour(),
+        "end_at": "2099-01-01T00:00:00+05:00",
+        "max_runs": 3,
+    }
+    bodies[4].update(schedule=None, resources={"cpu": 0.25, "memory_mb": 100}, node_selector={"a": "b"})
+    created = as_alice.post(BULK, {"jobs": bodies}, format="json").json()["jobs"]
+    assert created == [as_alice.get(f"/api/v1/jobs/{job['id']}/").json() for job in created]
 
 
 def test_bad_items_are_named_by_index_and_field_and_nothing_is_created(as_alice):

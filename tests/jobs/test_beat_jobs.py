@@ -28,14 +28,20 @@ FAST = {
 BEAT = {**FAST, "SCHEDULER_BEAT_LEASE_SECONDS": "3", "SCHEDULER_BEAT_FLUSH_SECONDS": "1"}
 
 
-def test_two_beats_give_one_execution_per_slot_and_hand_over(start_worker, start_beat, redis_client) -> None:
-    redis_client.delete(LEASE_KEY)
-    worker = start_worker(name="bw1@testhost", concurrency=2, queues="default", **FAST)
+def online_worker(start_worker, name: str, **env: str):  # type: ignore[no-untyped-def]
+    """A real worker consuming `default` and its node queue, once its node is online."""
+    worker = start_worker(name=name, concurrency=2, queues="default", **env)
     wait_for(
-        lambda: Node.objects.filter(name="bw1@testhost", status=Node.Status.ONLINE).exists(),
+        lambda: Node.objects.filter(name=name, status=Node.Status.ONLINE).exists(),
         timeout=90,
         what=f"the worker's node; log:\n{worker.log()[-2000:]}",
     )
+    return worker
+
+
+def test_two_beats_give_one_execution_per_slot_and_hand_over(start_worker, start_beat, redis_client) -> None:
+    redis_client.delete(LEASE_KEY)
+    online_worker(start_worker, "bw1@testhost", **FAST)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     job = job_create(
         owner=UserFactory(),
@@ -72,12 +78,7 @@ def test_two_beats_both_firing_every_slot_for_a_minute_give_one_execution_per_sl
     start_worker, start_beat
 ) -> None:
     # Without the lease to keep one of them quiet, the unique (job, slot, attempt) constraint is what holds.
-    worker = start_worker(name="bw2@testhost", concurrency=2, queues="default", **FAST)
-    wait_for(
-        lambda: Node.objects.filter(name="bw2@testhost", status=Node.Status.ONLINE).exists(),
-        timeout=90,
-        what=f"the worker's node; log:\n{worker.log()[-2000:]}",
-    )
+    worker = online_worker(start_worker, "bw2@testhost", **FAST)
     start = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     job = job_create(
         owner=UserFactory(),
@@ -107,12 +108,7 @@ def test_a_beat_killed_between_its_commit_and_the_publish_loses_nothing(
 ) -> None:
     redis_client.delete(LEASE_KEY)
     fast = {**FAST, "SCHEDULER_RECONCILE_SECONDS": "2"}
-    worker = start_worker(name="bw3@testhost", concurrency=2, queues="default", **fast)
-    wait_for(
-        lambda: Node.objects.filter(name="bw3@testhost", status=Node.Status.ONLINE).exists(),
-        timeout=90,
-        what=f"the worker's node; log:\n{worker.log()[-2000:]}",
-    )
+    worker = online_worker(start_worker, "bw3@testhost", **fast)
     slot = datetime.now(UTC).replace(microsecond=0) + timedelta(seconds=3)
     job = job_create(
         owner=UserFactory(),

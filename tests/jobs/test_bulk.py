@@ -11,7 +11,9 @@ from typing import Any
 import pytest
 import time_machine
 from django.core.exceptions import ValidationError
+from django.db import connection
 from django.forms.models import model_to_dict
+from django.test.utils import CaptureQueriesContext
 from django_celery_beat.models import (
     ClockedSchedule,
     CrontabSchedule,
@@ -212,3 +214,17 @@ def test_equal_beat_schedule_rows_do_not_break_either_path():
     bulk = jobs_create_bulk(owner=owner, items=[SPECS[1] | {"node_selector": {}}]).jobs[0]
     for job in (single, bulk):
         assert PeriodicTask.objects.get(name=f"job:{job.pk}").interval_id == older.pk
+
+
+def test_queries_do_not_grow_with_the_batch():
+    """One statement per table and one placement question per distinct resources, whatever the size."""
+    NodeFactory(labels={"region": "eu"})
+    owner = UserFactory()
+    jobs_create_bulk(owner=owner, items=SPECS[1:6])  # the beat schedule rows exist from now on
+    counts = []
+    for size in (2, 40):
+        items = [SPECS[1] | {"name": f"job {i}"} for i in range(size)] + SPECS[3:6]
+        with CaptureQueriesContext(connection) as queries:
+            jobs_create_bulk(owner=owner, items=items)
+        counts.append(len(queries))
+    assert counts[0] == counts[1], counts

@@ -21,8 +21,8 @@ from worker import runner
 # fire: savepoint, insert (with the job and schedule fields), schedule read + bookkeeping, reserve (node
 # counter and allocation in one statement), queued, release savepoint.
 FIRE_QUERIES = 7
-# run: claim (returns what the executor needs), savepoint, finish, release capacity, release savepoint.
-RUN_QUERIES = 5
+# run: the claim (returns what the executor needs) and the finish (status, output, capacity released).
+RUN_QUERIES = 2
 
 
 def test_fire_and_run_of_a_job_take_few_round_trips(node):
