@@ -31,7 +31,7 @@ def _nodes(n: int) -> None:
     Node.objects.all().delete()
     Node.objects.bulk_create(
         Node(
-            name=f"bench{i}@placement", hostname="placement", cpu_capacity=Decimal("99999"),
+            name=f"bench{i}@placement", hostname="placement", cpu_capacity=Decimal("9999"),
             memory_mb_capacity=10**9, labels={"zone": f"z{i % 3}"},
         )
         for i in range(n)
@@ -145,16 +145,16 @@ def main() -> None:
     print(f"{args.count} placements per measurement, median of {args.rounds}; PostgreSQL on 127.0.0.1")
     header = (
         f"{'nodes':>6} {'one per txn /s':>15} {'4 threads /s':>13} {'pending pass /s':>16} "
-        f"{'one vs 1 node':>14}"
+        f"{'one vs 1 node':>14} {'pass vs 1 node':>15}"
     )
     print(header)
     print("-" * len(header))
-    base = table[sizes[0]]["one"]
+    base, base_pass = table[sizes[0]]["one"], table[sizes[0]]["pass"]
     for size in sizes:
         row = table[size]
         print(
             f"{size:>6} {row['one']:>15.0f} {row['threads']:>13.0f} {row['pass']:>16.0f} "
-            f"{row['one'] / base:>14.2f}"
+            f"{row['one'] / base:>14.2f} {row['pass'] / base_pass:>15.2f}"
         )
 
 

@@ -8,6 +8,10 @@ grow with the number of nodes, and a node is never over-committed; a placement t
 node tries the next one. Releasing decrements. `capacity_counters_repair` recomputes counters from the
 allocation rows (the record) if they ever drift.
 
+Candidates: in a cluster of more than SCHEDULER_PLACEMENT_CANDIDATES (k, default 4) nodes whose labels
+match, a placement looks at k of them chosen at random, and at all of them only if none of those fits (the
+power of k choices: nearly the balance of looking at all, at a cost that does not grow with the cluster).
+
 Policy: a `PlacementPolicy` subclass orders the nodes that fit, best first, twice: `order_sql` (an ORDER BY
 over nodes_node's columns) when one demand is placed, in the same statement that reserves, and `sort_key`
 (the same order in Python) when a batch is planned in memory. The default, `LeastLoadedPolicy`, takes the
@@ -22,6 +26,8 @@ from __future__ import annotations
 
 import json
 import logging
+import random
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
@@ -38,6 +44,8 @@ from scheduler_project.db import sql_execute
 
 logger = logging.getLogger(__name__)
 REASON_MAX_LENGTH = 255
+ONLINE_REFRESH_SECONDS = 2.0  # how stale this process's list of online nodes (for sampling) may be
+_online: dict[str, Any] = {"nodes": [], "until": 0.0}
 RACE_ROUNDS = 3  # a placement that lost its node to another one tries again this often
 
 
@@ -223,7 +231,7 @@ WITH chosen AS (
     SET cpu_allocated = n.cpu_allocated + %(cpu)s, memory_mb_allocated = n.memory_mb_allocated + %(mem)s
     WHERE n.id = (
         SELECT c.id FROM nodes_node AS c
-        WHERE c.status = 'online' AND c.labels @> %(selector)s::jsonb
+        WHERE c.status = 'online' AND c.labels @> %(selector)s::jsonb {among}
           AND c.cpu_allocated + %(cpu)s <= c.cpu_capacity
           AND c.memory_mb_allocated + %(mem)s <= c.memory_mb_capacity
         ORDER BY {order} LIMIT 1
@@ -276,14 +284,53 @@ def capacity_reserve(*, demands: Sequence[Demand]) -> list[Placement]:
     return _reserve_many(demands)
 
 
+def _online_nodes() -> list[tuple[int, dict[str, Any]]]:
+    """(id, labels) of the online nodes as this process saw them lately (refreshed every few seconds)."""
+    now = time.monotonic()
+    if now >= _online["until"]:
+        rows = sql_execute("SELECT id, labels FROM nodes_node WHERE status = 'online'")
+        _online.update(
+            nodes=[(pk, _labels(labels)) for pk, labels in rows], until=now + ONLINE_REFRESH_SECONDS
+        )
+    return _online["nodes"]
+
+
+def _labels(value: Any) -> dict[str, Any]:
+    return json.loads(value) if isinstance(value, str) else dict(value or {})
+
+
+def _candidates_k() -> int:
+    return int(getattr(settings, "SCHEDULER_PLACEMENT_CANDIDATES", 4))
+
+
+def _sample(selector: Mapping[str, Any]) -> list[int] | None:
+    """Up to k random ids among the online nodes whose labels match; None: consider all of them (a cluster
+    that small, or sampling off). The power of k choices: the best of a few random nodes spreads load almost
+    as well as the best of all, at a cost that does not grow with the cluster."""
+    k = _candidates_k()
+    if k <= 0:
+        return None
+    matching = [pk for pk, labels in _online_nodes() if labels_match(labels, selector)]
+    return random.sample(matching, k) if len(matching) > k else None  # noqa: S311 - load spreading
+
+
 def _reserve_one(demand: Demand) -> Placement:
-    sql = _RESERVE_ONE.format(order=placement_policy().order_sql)
+    policy = placement_policy()
     params: dict[str, Any] = {
         "cpu": demand.cpu,
         "mem": demand.memory_mb,
         "selector": json.dumps(dict(demand.selector)),
         "holder": demand.holder_id,
     }
+    sample = _sample(demand.selector)
+    if sample is not None:
+        among = "AND c.id IN (" + ", ".join(f"%(c{i})s" for i in range(len(sample))) + ")"
+        sampled = {**params, **{f"c{i}": pk for i, pk in enumerate(sample)}}
+        rows = sql_execute(_RESERVE_ONE.format(order=policy.order_sql, among=among), sampled)
+        if rows:
+            return Reservation(node_id=rows[0][0], node_name=rows[0][1])
+        # None of the sampled nodes fits (full, gone, or a race): look at all of them.
+    sql = _RESERVE_ONE.format(order=policy.order_sql, among="")
     for _ in range(RACE_ROUNDS):
         rows = sql_execute(sql, params)
         if rows:
@@ -296,12 +343,24 @@ def _reserve_one(demand: Demand) -> Placement:
 
 
 def _plan(demands: Sequence[Demand], todo: Sequence[int], rooms: list[Room]) -> dict[int, list[int]]:
-    """Book each demand on the best room that still fits, in memory; node id -> demand indexes."""
+    """Book each demand on the best room that still fits, in memory; node id -> demand indexes.
+
+    Each demand looks at k random rooms whose labels match (all of them in a small cluster), and at all of
+    them only when none of those fits: the batch costs O(demands x k), not O(demands x nodes)."""
     policy = placement_policy()
+    k = _candidates_k()
     plan: dict[int, list[int]] = {}
+    matching: dict[str, list[Room]] = {}
     for index in todo:
         demand = demands[index]
-        fitting = [room for room in rooms if room.fits(demand)]
+        key = json.dumps(dict(demand.selector), sort_keys=True)
+        if key not in matching:
+            matching[key] = [room for room in rooms if room.matches(demand.selector)]
+        pool = matching[key]
+        sampled = random.sample(pool, k) if 0 < k < len(pool) else pool  # noqa: S311 - load spreading
+        fitting = [room for room in sampled if room.fits(demand)]
+        if not fitting and sampled is not pool:
+            fitting = [room for room in pool if room.fits(demand)]
         if not fitting:
             continue
         room = min(fitting, key=policy.sort_key)

@@ -101,6 +101,8 @@ DATABASES["default"]["CONN_MAX_AGE"] = env.int("SCHEDULER_DB_CONN_MAX_AGE", defa
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # The hot statements (claim, finish, placement) run as prepared statements (scheduler_project/db.py).
 SCHEDULER_DB_PREPARE = env.bool("SCHEDULER_DB_PREPARE", default=True)
+# A claim commits without waiting for the WAL flush (jobs/services/executions.py says why that is safe).
+SCHEDULER_DB_ASYNC_CLAIM = env.bool("SCHEDULER_DB_ASYNC_CLAIM", default=True)
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
     raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
@@ -175,6 +177,8 @@ SCHEDULER_SWEEP_SECONDS = env.float("SCHEDULER_SWEEP_SECONDS", default=2.0)
 SCHEDULER_RECONCILE_SECONDS = env.float("SCHEDULER_RECONCILE_SECONDS", default=15.0)
 # How often the nodes' allocated counters are compared with their active allocations (and repaired).
 SCHEDULER_COUNTER_REPAIR_SECONDS = env.float("SCHEDULER_COUNTER_REPAIR_SECONDS", default=60.0)
+# A placement considers this many random nodes of those that match (all of them when there are fewer; 0: all).
+SCHEDULER_PLACEMENT_CANDIDATES = env.int("SCHEDULER_PLACEMENT_CANDIDATES", default=4)
 SCHEDULER_BEAT_LEASE_SECONDS = env.float("SCHEDULER_BEAT_LEASE_SECONDS", default=10.0)
 # Beat scheduler (jobs.beat): how often the leader looks for edited schedules, writes run bookkeeping
 # in one batch, and re-checks the whole enabled set; the margin covers commits that land after date_changed.

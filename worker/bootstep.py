@@ -16,10 +16,11 @@ Wired by `scheduler_project.celery` (`NodeStep`, loaded by name once Django is s
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 from celery import bootsteps
-from celery.signals import task_postrun, worker_shutdown, worker_shutting_down
+from celery.signals import task_postrun, task_prerun, worker_shutdown, worker_shutting_down
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, connections
 from psycopg.pq import TransactionStatus
@@ -73,6 +74,21 @@ def _drop_stale_connections(**kwargs: Any) -> None:
         ):
             conn.close()  # left mid-query or mid-transaction (e.g. a handler interrupted): never reuse it
     close_old_connections()
+    _used_at["at"] = time.monotonic()
+
+
+# Django checks a connection (SELECT 1) before its first use after close_old_connections, i.e. before every
+# task here. A connection a task used a moment ago is alive: check only one that sat idle for a while.
+HEALTH_CHECK_IDLE_SECONDS = 1.0
+_used_at = {"at": 0.0}
+
+
+@task_prerun.connect
+def _skip_health_check_of_a_fresh_connection(**kwargs: Any) -> None:
+    if time.monotonic() - _used_at["at"] < HEALTH_CHECK_IDLE_SECONDS:
+        for conn in connections.all(initialized_only=True):
+            if conn.connection is not None and not conn.errors_occurred:
+                conn.health_check_done = True
 
 
 @worker_shutting_down.connect

@@ -127,11 +127,13 @@ class _Watcher(threading.Thread):
         self.pid = os.getpid()
         self.cond = threading.Condition()
         self.watches: list[_Watch] = []
+        self.waiting_forever = False
 
     def add(self, watch: _Watch) -> None:
         with self.cond:
             self.watches.append(watch)
-            self.cond.notify()
+            if self.waiting_forever:  # asleep with nothing to watch: wake it to time this run
+                self.cond.notify()
 
     def remove(self, watch: _Watch) -> None:
         """Stop watching a run; wait (bounded) for a check of it still in flight, e.g. storing output."""
@@ -139,7 +141,6 @@ class _Watcher(threading.Thread):
         with self.cond:
             if watch in self.watches:
                 self.watches.remove(watch)
-            self.cond.notify()
         watch.idle.wait(timeout=5)
 
     def run(self) -> None:
@@ -152,6 +153,9 @@ class _Watcher(threading.Thread):
                     if due or (used_db and not self.watches):
                         break
                     first = min((w.next_at for w in self.watches), default=None)
+                    if first is None and used_db:
+                        first = now + POLL_SECONDS  # stay on a 1 s tick while runs come and go
+                    self.waiting_forever = first is None
                     self.cond.wait(None if first is None else first - now)
                 for watch in due:
                     watch.idle.clear()

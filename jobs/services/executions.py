@@ -13,6 +13,12 @@ pending/queued/running -> cancelled; pending -> skipped (a policy declined the s
 (its node left before it started: placed again without using an attempt); queued/running -> lost.
 A plain failure ends `retrying` (attempts left) or `dead`; `timed_out` and `lost` keep saying what happened
 and their JobRetry / DeadLetter row carries the decision. `failed` is kept for old rows and is not written.
+
+Durability: every transition commits synchronously but the claim, whose commit does not wait for the WAL
+flush (any later synchronous commit on the server flushes it; PostgreSQL's WAL writer within a fraction of
+a second). A claim lost in a database crash leaves its execution `queued`: the run that started is stopped at
+its next check ("queued"), its finish is fenced off and frees nothing, and the reconciler publishes the
+execution again: the job runs again, at least once, never lost and never counted twice.
 """
 
 from __future__ import annotations
@@ -118,7 +124,13 @@ def _sql_value(value: Any) -> Any:
 
 @functools.cache
 def _transition_sql(
-    *, source: tuple[str, ...], target: str, columns: tuple[str, ...], where: str, with_payload: bool
+    *,
+    source: tuple[str, ...],
+    target: str,
+    columns: tuple[str, ...],
+    where: str,
+    with_payload: bool,
+    one_row: bool,
 ) -> tuple[str, tuple[str, ...]]:
     """The one statement of a transition, as lean as its effects allow: (sql, names of what it returns)."""
     effects = Effect.NONE
@@ -138,7 +150,10 @@ def _transition_sql(
     tables = ["jobs_job AS j"] if join_job else []
     if len(source) == 1:
         # One source status: the conditional UPDATE alone decides who wins (the old status is known).
-        condition = "e.id = ANY(%s::bigint[]) AND e.status = ANY(%s::text[])"
+        # One row (a claim, a finish) binds scalars: with an array parameter PostgreSQL plans the prepared
+        # statement again on every execution (a custom plan), with scalars it keeps one generic plan.
+        ids = "e.id = %s" if one_row else "e.id = ANY(%s::bigint[])"
+        condition = f"{ids} AND e.status = %s"
         returned["source"] = "%s::text"
     else:
         # Several: lock them (id order) to learn each one's old status, which decides its effects.
@@ -162,7 +177,9 @@ def _transition_sql(
     names = (*returned, "released")
     if Effect.RELEASE not in effects:
         return f"{update}, 0 AS released", names
-    holders = "SELECT id FROM moved WHERE source = ANY(%s::text[])"
+    holders = (
+        "SELECT id FROM moved WHERE source = ANY(%s::text[])" if len(source) > 1 else "SELECT id FROM moved"
+    )
     sql = (
         f"WITH moved AS ({update}), {capacity_release_sql(holders)} "  # noqa: S608
         "SELECT moved.*, (SELECT n FROM released_count) AS released FROM moved"
@@ -179,6 +196,7 @@ def transition(
     where: str = "",
     where_params: Sequence[Any] = (),
     with_payload: bool = False,
+    flush_wal: bool = True,
 ) -> list[Changed]:
     """Move the executions among `ids` whose status is in `source` to `target` (one conditional UPDATE),
     set `values` on them, apply the transitions' effects; returns the rows moved (in id order).
@@ -195,15 +213,23 @@ def transition(
         return []
     source = tuple(dict.fromkeys(source))
     values = dict(values or {})
+    one_row = len(ids) == 1 and len(source) == 1
     sql, names = _transition_sql(
-        source=source, target=target, columns=tuple(values), where=where, with_payload=with_payload
+        source=source,
+        target=target,
+        columns=tuple(values),
+        where=where,
+        with_payload=with_payload,
+        one_row=one_row,
     )
-    params = [target, *(_sql_value(v) for v in values.values()), list(ids), list(source), *where_params]
+    params = [target, *(_sql_value(v) for v in values.values())]
     if len(source) == 1:
-        params.append(source[0])
-    if "released_count" in sql:  # the release CTE's holders: the sources whose transition releases
-        params.append([s for s in source if Effect.RELEASE in TRANSITIONS[(s, target)]])
-    rows = [dict(zip(names, row, strict=True)) for row in sql_execute(sql, params)]
+        params += [ids[0] if one_row else list(ids), source[0], *where_params, source[0]]
+    else:
+        params += [list(ids), list(source), *where_params]
+        if "released_count" in sql:  # the release CTE's holders: the sources whose transition releases
+            params.append([s for s in source if Effect.RELEASE in TRANSITIONS[(s, target)]])
+    rows = [dict(zip(names, row, strict=True)) for row in sql_execute(sql, params, flush_wal=flush_wal)]
     if any(row.get("released") for row in rows):
         messages.place_soon()  # capacity freed: placed work may fit now
     changed = sorted((_changed(row, target) for row in rows), key=lambda c: c.id)
@@ -437,6 +463,9 @@ def execution_claim(*, execution_id: int, node_name: str, pid: int) -> Claim | N
         where="AND e.node_id = (SELECT id FROM nodes_node WHERE name = %s)",
         where_params=[node_name],
         with_payload=True,
+        # A claim lost in a database crash costs a repeated run, never a lost one (see the module's
+        # docstring): it does not wait for the WAL flush. The finish does.
+        flush_wal=False,
     )
     if rows:
         row = rows[0]
@@ -571,8 +600,15 @@ def _finish(execution_id: int, claim_token: uuid.UUID, outcome: Outcome, *, retr
 
 
 def execution_capacity_release(*, execution_id: int) -> bool:
-    """Free what an execution that no longer runs still holds (idempotent); True if something was freed."""
-    if capacity_release(holder_ids=[execution_id]):
+    """Free what an execution that ended still holds (a run cancelled while it ran, once its worker let
+    go); idempotent; True if something was freed. An execution that is queued or running again (its claim
+    was lost, or another worker holds it now) keeps its reservation."""
+    ended = list(
+        Execution.objects.filter(pk=execution_id)
+        .exclude(status__in=[S.PENDING, S.QUEUED, S.RUNNING])
+        .values_list("pk", flat=True)
+    )
+    if capacity_release(holder_ids=ended):
         messages.place_soon()
         return True
     return False

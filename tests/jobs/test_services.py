@@ -228,3 +228,30 @@ def test_placement_nudges_coalesce_while_queued_and_are_never_lost(db, redis_cli
     messages._send_dispatch_pending()  # a release during the pass
     assert _queued_placement_passes(redis_client) == 2
     cache.delete(messages.DISPATCH_QUEUED_KEY)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_claim_commits_without_waiting_for_the_wal_flush_and_leaves_the_session_as_it_was(node):
+    from django.db import connection
+
+    execution = job_trigger(job=_interval_job())
+    claimed = claim(execution)  # outside a transaction: one implicit transaction of its own
+    assert claimed is not None
+    assert Execution.objects.get(pk=execution.pk).status == Execution.Status.RUNNING
+    with connection.cursor() as cursor:
+        cursor.execute("SHOW synchronous_commit")
+        assert cursor.fetchone()[0] == "on"  # the setting held for the claim's statement only
+    assert execution_finish(
+        execution_id=execution.pk, claim_token=claimed.claim_token, outcome=Outcome("succeeded")
+    )
+
+
+def test_a_finish_whose_claim_was_lost_keeps_the_reservation_of_the_queued_execution(node):
+    # A claim lost in a database crash: the row is queued again (to be republished), the old run ends.
+    execution = job_trigger(job=_interval_job())
+    claimed = claim(execution)
+    Execution.objects.filter(pk=execution.pk).update(status=Execution.Status.QUEUED, claim_token=None)
+    assert not execution_finish(
+        execution_id=execution.pk, claim_token=claimed.claim_token, outcome=Outcome("succeeded")
+    )
+    assert Execution.objects.get(pk=execution.pk).allocation.active  # still reserved for its next run

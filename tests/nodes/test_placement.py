@@ -14,6 +14,7 @@ from django.db.models import Sum
 from django.utils import timezone
 
 from jobs.models import Execution
+from nodes import placement
 from nodes.models import Node, ResourceAllocation
 from nodes.placement import (
     Demand,
@@ -305,3 +306,32 @@ def test_concurrent_reservations_never_over_commit():
         used = ResourceAllocation.objects.filter(node=node, released_at__isnull=True).aggregate(s=Sum("cpu"))
         assert used["s"] <= node.cpu_capacity
         assert counters(node) == active_sums(node)
+
+
+@pytest.mark.django_db
+def test_in_a_large_cluster_a_few_random_nodes_are_looked_at_and_all_only_when_none_fits(settings):
+    """The power of k choices: k random candidates among those that match; all of them as a fallback."""
+    settings.SCHEDULER_PLACEMENT_CANDIDATES = 3
+    nodes = [
+        NodeFactory(name=f"big{i:02}@h", cpu_capacity=Decimal("1"), memory_mb_capacity=1000)
+        for i in range(20)
+    ]
+    placement._online["until"] = 0.0  # this process's list of online nodes is read afresh
+    placed = [reserve(make_execution(cpu=Decimal("0.5"), memory_mb=1)) for _ in range(20)]
+    assert all(p.allocation is not None for p in placed)
+    used = {p.allocation.node.name for p in placed}
+    assert len(used) >= 10  # spread, not piled on a few nodes (least loaded among the sampled)
+    # Fill all but one node: the sample rarely holds it, the fallback over all nodes finds it.
+    free = nodes[7]
+    for node in nodes:
+        if node != free:
+            Node.objects.filter(pk=node.pk).update(cpu_allocated=node.cpu_capacity)
+    Node.objects.filter(pk=free.pk).update(cpu_allocated=0, memory_mb_allocated=0)
+    ResourceAllocation.objects.update(released_at=timezone.now())
+    for _ in range(2):
+        assert reserve(make_execution(cpu=Decimal("0.5"), memory_mb=1)).allocation.node == free
+    assert reserve(make_execution(cpu=Decimal("0.5"), memory_mb=1)).allocation is None  # now all full
+    # A batch samples the same way and falls back the same way.
+    Node.objects.filter(pk=free.pk).update(cpu_allocated=0)
+    batch = reserve(*[make_execution(cpu=Decimal("0.5"), memory_mb=1) for _ in range(3)])
+    assert [p.allocation.node if p.allocation else None for p in batch] == [free, free, None]
