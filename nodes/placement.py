@@ -45,7 +45,7 @@ from scheduler_project.db import sql_execute
 logger = logging.getLogger(__name__)
 REASON_MAX_LENGTH = 255
 ONLINE_REFRESH_SECONDS = 2.0  # how stale this process's list of online nodes (for sampling) may be
-_online: dict[str, Any] = {"nodes": [], "until": 0.0}
+_online: dict[str, Any] = {"nodes": [], "matching": {}, "until": 0.0}
 RACE_ROUNDS = 3  # a placement that lost its node to another one tries again this often
 
 
@@ -289,9 +289,9 @@ def _online_nodes() -> list[tuple[int, dict[str, Any]]]:
     now = time.monotonic()
     if now >= _online["until"]:
         rows = sql_execute("SELECT id, labels FROM nodes_node WHERE status = 'online'")
-        _online.update(
-            nodes=[(pk, _labels(labels)) for pk, labels in rows], until=now + ONLINE_REFRESH_SECONDS
-        )
+        _online["nodes"] = [(pk, _labels(labels)) for pk, labels in rows]
+        _online["matching"] = {}
+        _online["until"] = now + ONLINE_REFRESH_SECONDS
     return _online["nodes"]
 
 
@@ -310,7 +310,11 @@ def _sample(selector: Mapping[str, Any]) -> list[int] | None:
     k = _candidates_k()
     if k <= 0:
         return None
-    matching = [pk for pk, labels in _online_nodes() if labels_match(labels, selector)]
+    nodes = _online_nodes()
+    key = json.dumps(dict(selector), sort_keys=True)
+    matching = _online["matching"].get(key)
+    if matching is None:  # once per selector and refresh: a placement costs the same with 1 or 1,000 nodes
+        matching = _online["matching"][key] = [pk for pk, labels in nodes if labels_match(labels, selector)]
     return random.sample(matching, k) if len(matching) > k else None  # noqa: S311 - load spreading
 
 
