@@ -87,8 +87,9 @@ _used_at = {"at": 0.0}
 def _skip_health_check_of_a_fresh_connection(**kwargs: Any) -> None:
     if time.monotonic() - _used_at["at"] < HEALTH_CHECK_IDLE_SECONDS:
         for conn in connections.all(initialized_only=True):
-            if conn.connection is not None and not conn.errors_occurred:
-                conn.health_check_done = True
+            wrapper: Any = conn  # health_check_done (Django 4.1+) is not in the type stubs
+            if wrapper.connection is not None and not wrapper.errors_occurred:
+                wrapper.health_check_done = True
 
 
 @worker_shutting_down.connect
