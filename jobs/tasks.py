@@ -9,6 +9,8 @@ from celery import shared_task
 from django.conf import settings
 from django.utils.dateparse import parse_datetime
 
+from nodes.services import nodes_reap_stale
+
 from . import services
 from .reconcile import executions_reconcile_broker
 
@@ -35,10 +37,21 @@ def dispatch_pending() -> None:
 
 @shared_task(name="jobs.sweep_retries", ignore_result=True)
 def sweep_retries() -> None:
-    """Recover what offline nodes held, start due retries, mark lost the runs far past their timeout."""
+    """Start due retries, mark lost the runs far past their timeout; recover what offline nodes still hold
+    (a safety net: the reaper and a worker's shutdown recover in the same transaction)."""
     services.executions_recover_offline()
     services.retries_sweep()
     services.executions_overdue_sweep()
+
+
+@shared_task(name="jobs.reap_nodes", ignore_result=True)
+def reap_nodes() -> list[str]:
+    """Nodes that stopped heartbeating go offline; what they held is recovered in the same transaction."""
+    return nodes_reap_stale(recover=_recover)
+
+
+def _recover(node_id: int, reason: str) -> int:
+    return services.executions_recover_node(node_id=node_id, reason=reason)
 
 
 @shared_task(name="jobs.reconcile_broker", ignore_result=True)

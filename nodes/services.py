@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from decimal import Decimal
 from typing import Any
@@ -134,8 +134,12 @@ def _offline_after() -> timedelta:
     return timedelta(seconds=settings.SCHEDULER_NODE_OFFLINE_AFTER_SECONDS)
 
 
-def nodes_reap_stale() -> list[str]:
-    """Mark offline every node whose last heartbeat is older than SCHEDULER_NODE_OFFLINE_AFTER_SECONDS."""
+def nodes_reap_stale(*, recover: Callable[[int, str], object] | None = None) -> list[str]:
+    """Mark offline every node whose last heartbeat is older than SCHEDULER_NODE_OFFLINE_AFTER_SECONDS.
+
+    `recover(node_id, reason)` runs in the same transaction as each node's change (the jobs core passes the
+    recovery of what the node held), so a node is never offline with work still counted on it.
+    """
     names = list(
         Node.objects.filter(
             status__in=[Node.Status.ONLINE, Node.Status.DRAINING],
@@ -145,6 +149,9 @@ def nodes_reap_stale() -> list[str]:
     reaped = []
     for name in names:
         reason = f"node {name} missed heartbeats for {settings.SCHEDULER_NODE_OFFLINE_AFTER_SECONDS:g}s"
-        if node_mark_offline(name=name, reason=reason, stale_only=True):
-            reaped.append(name)
+        with transaction.atomic():
+            if node_mark_offline(name=name, reason=reason, stale_only=True):
+                if recover is not None:
+                    recover(Node.objects.values_list("pk", flat=True).get(name=name), reason)
+                reaped.append(name)
     return reaped

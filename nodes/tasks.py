@@ -5,13 +5,6 @@ from __future__ import annotations
 from celery import shared_task
 
 from nodes.placement import capacity_counters_repair
-from nodes.services import nodes_reap_stale
-
-
-@shared_task(name="nodes.reap_stale", ignore_result=True)
-def reap_stale() -> list[str]:
-    """Mark nodes that stopped heartbeating offline (the jobs sweep then recovers their executions)."""
-    return nodes_reap_stale()
 
 
 @shared_task(name="nodes.repair_counters", ignore_result=True)

@@ -258,11 +258,12 @@ def _sweep(task: str, every: float, expire_after_periods: float) -> dict:
 
 
 CELERY_BEAT_SCHEDULE: dict[str, dict] = {
-    # nodes: offline detection (missing heartbeats); counters checked against allocations (nodes/tasks.py).
-    "nodes.reap_stale": _sweep("nodes.reap_stale", SCHEDULER_SWEEP_SECONDS, 5),
+    # nodes: counters checked against allocations (nodes/tasks.py).
     "nodes.repair_counters": _sweep("nodes.repair_counters", SCHEDULER_COUNTER_REPAIR_SECONDS, 2),
-    # jobs: what offline nodes held is recovered, due retries become new attempts, runs far past their
-    # timeout are lost; pending executions placed as capacity frees; the broker reconciler (jobs/tasks.py).
+    # jobs: nodes missing heartbeats go offline and what they held is recovered; due retries become new
+    # attempts, runs far past their timeout are lost; pending executions placed as capacity frees; the
+    # broker reconciler (jobs/tasks.py).
+    "jobs.reap_nodes": _sweep("jobs.reap_nodes", SCHEDULER_SWEEP_SECONDS, 5),
     "jobs.reconcile_broker": _sweep("jobs.reconcile_broker", SCHEDULER_RECONCILE_SECONDS, 2),
     "jobs.sweep_retries": _sweep("jobs.sweep_retries", SCHEDULER_SWEEP_SECONDS, 5),
     "jobs.dispatch_pending": _sweep("jobs.dispatch_pending", SCHEDULER_SWEEP_SECONDS, 5),
@@ -279,7 +280,7 @@ CELERY_TASK_ROUTES = {
     "jobs.fire": {"queue": "default"},
     "jobs.dispatch_pending": {"queue": "default"},
     "jobs.sweep_retries": {"queue": "default"},
-    "nodes.reap_stale": {"queue": "default"},
+    "jobs.reap_nodes": {"queue": "default"},
     "jobs.reconcile_broker": {"queue": "default"},
     "nodes.repair_counters": {"queue": "default"},
     "jobs.dead_letter": {"queue": "dead_letter"},

@@ -22,7 +22,7 @@ from typing import Any
 from celery import bootsteps
 from celery.signals import task_postrun, task_prerun, worker_shutdown, worker_shutting_down
 from django.conf import settings
-from django.db import DatabaseError, close_old_connections, connection, connections
+from django.db import DatabaseError, close_old_connections, connection, connections, transaction
 from psycopg.pq import TransactionStatus
 
 from jobs.services import executions_recover_node
@@ -113,8 +113,9 @@ def _on_worker_shutdown(sender: Any = None, **kwargs: Any) -> None:
     close_old_connections()
     reason = f"node {name} shut down before starting it"
     try:
-        if node_mark_offline(name=name, reason=reason):
-            node_id = Node.objects.values_list("pk", flat=True).get(name=name)
-            executions_recover_node(node_id=node_id, reason=reason)
+        with transaction.atomic():
+            if node_mark_offline(name=name, reason=reason):
+                node_id = Node.objects.values_list("pk", flat=True).get(name=name)
+                executions_recover_node(node_id=node_id, reason=reason)
     except DatabaseError:
         logger.exception("node %s: could not mark itself offline; the reaper will", name)

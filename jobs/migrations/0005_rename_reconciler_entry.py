@@ -1,12 +1,14 @@
-"""The broker reconciler moved from the nodes app to jobs (task jobs.reconcile_broker): drop the beat row of
-the old static entry, which beat would otherwise keep sending to a task that no longer exists."""
+"""The broker reconciler and the reaper moved from the nodes app to jobs (tasks jobs.reconcile_broker and
+jobs.reap_nodes): drop the beat rows of the old static entries, which beat would otherwise keep sending to
+tasks that no longer exist."""
 
 from django.db import migrations
 
 
 def drop_old_entry(apps, schema_editor):
     PeriodicTask = apps.get_model("django_celery_beat", "PeriodicTask")
-    PeriodicTask.objects.filter(name="nodes.reconcile_broker", task="nodes.reconcile_broker").delete()
+    for old in ("nodes.reconcile_broker", "nodes.reap_stale"):
+        PeriodicTask.objects.filter(name=old, task=old).delete()
 
 
 class Migration(migrations.Migration):
