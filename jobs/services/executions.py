@@ -40,7 +40,7 @@ from django.utils import timezone
 from psycopg.types.json import Jsonb
 
 from nodes.models import Node, ResourceAllocation
-from nodes.placement import capacity_release, capacity_release_sql
+from nodes.placement import capacity_release, capacity_release_sql, node_queue_name
 from scheduler_project.db import sql_execute
 
 from .. import messages
@@ -260,7 +260,7 @@ def _effects(changed: Sequence[Changed]) -> None:
         [
             messages.ExecuteMessage(
                 execution_id=row.id,
-                queue=f"node.{row.node_name}",
+                queue=node_queue_name(row.node_name),
                 priority=row.priority,
                 timeout_seconds=row.timeout_seconds,
             )
@@ -657,12 +657,6 @@ def executions_requeue(*, ids: Sequence[int], reason: str) -> list[Changed]:
     if changed:
         messages.place_soon(force=True)
     return changed
-
-
-@transaction.atomic
-def execution_requeue(*, execution_id: int, reason: str) -> bool:
-    """One execution back to pending (see executions_requeue)."""
-    return bool(executions_requeue(ids=[execution_id], reason=reason))
 
 
 @transaction.atomic

@@ -22,7 +22,7 @@ from django.db import connection, transaction
 from django.utils import timezone
 from django_celery_beat.models import PeriodicTask, PeriodicTasks
 
-from nodes.placement import Demand, NoFit, Reservation, capacity_reserve
+from nodes.placement import Demand, NoFit, Reservation, capacity_reserve, node_queue_name
 
 from .. import messages
 from ..models import DeadLetter, Execution, Job, JobRetry, JobSchedule
@@ -342,7 +342,7 @@ def execution_republish(*, execution_id: int) -> bool:
         [
             messages.ExecuteMessage(
                 execution_id=execution_id,
-                queue=f"node.{row['node__name']}",
+                queue=node_queue_name(row["node__name"]),
                 priority=row["job__priority"],
                 timeout_seconds=row["job__timeout_seconds"],
             )
