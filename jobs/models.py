@@ -189,6 +189,9 @@ class Execution(models.Model):
     worker_pid = models.PositiveIntegerField(
         null=True, blank=True, help_text="pid of the worker process that claimed it (on its node's host)"
     )
+    worker_incarnation = models.UUIDField(
+        null=True, blank=True, help_text="the incarnation (boot id) of the worker start that claimed it"
+    )
     pending_reason = models.CharField(max_length=255, blank=True)
     created_at = models.DateTimeField(auto_now_add=True)
     queued_at = models.DateTimeField(null=True, blank=True)

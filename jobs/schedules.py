@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from celery.schedules import crontab
 from croniter import croniter
+from django.db import connection
 from django.db.models import Q
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
@@ -260,6 +261,14 @@ def schedule_slot_at(schedule: JobSchedule, *, at: datetime) -> datetime:
 
 
 BeatModel = type[ClockedSchedule] | type[IntervalSchedule] | type[CrontabSchedule]
+# Each model's unique index (migration jobs 0008): jobs with equal schedules share one row. Rows are
+# written in this model order and sorted by value, so concurrent batches waiting on each other's new
+# rows wait in one order, never in a cycle (a deadlock).
+BEAT_UNIQUE_FIELDS: dict[BeatModel, tuple[str, ...]] = {
+    ClockedSchedule: ("clocked_time",),
+    IntervalSchedule: ("every", "period"),
+    CrontabSchedule: ("minute", "hour", "day_of_week", "day_of_month", "month_of_year", "timezone"),
+}
 
 
 def _beat_schedule_lookup(schedule: JobSchedule) -> tuple[str, BeatModel, dict[str, Any]]:
@@ -298,34 +307,64 @@ def _beat_fields(field: str, row: Any) -> dict[str, Any]:
     return fields
 
 
-def _beat_schedule_fields(schedule: JobSchedule) -> dict[str, Any]:
-    field, model, values = _beat_schedule_lookup(schedule)
-    # Not get_or_create: concurrent creates may each add an equal row (django-celery-beat has no unique
-    # constraint), after which get() refuses to choose. Equal rows are harmless; the oldest is used.
-    row = model.objects.filter(**values).order_by("pk").first() or model.objects.create(**values)
-    return _beat_fields(field, row)
-
-
 def _beat_row_key(model: BeatModel, values: Mapping[str, Any]) -> tuple[Any, ...]:
-    # Zones compare by name: a row read back holds an equal zone, not necessarily the same object.
-    return (model, *(str(v) if isinstance(v, ZoneInfo) else v for _, v in sorted(values.items())))
+    # Zones compare by name (the column holds the name): a row read back holds an equal zone object.
+    return tuple(
+        str(values[name]) if isinstance(values[name], ZoneInfo) else values[name]
+        for name in BEAT_UNIQUE_FIELDS[model]
+    )
+
+
+def _beat_rows_read(model: BeatModel, wanted: Mapping[tuple[Any, ...], Mapping[str, Any]]) -> dict[Any, Any]:
+    rows = model.objects.filter(reduce(or_, (Q(**values) for values in wanted.values())))
+    names = BEAT_UNIQUE_FIELDS[model]
+    return {_beat_row_key(model, {name: getattr(row, name) for name in names}): row for row in rows}
+
+
+def _beat_rows_insert(model: BeatModel, rows: Sequence[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+    """INSERT ... ON CONFLICT DO NOTHING RETURNING (pk, *unique columns): the rows this statement added."""
+    fields: list[Any] = [model._meta.get_field(name) for name in BEAT_UNIQUE_FIELDS[model]]
+    quote = connection.ops.quote_name
+    columns = ", ".join(quote(field.column) for field in fields)
+    values = ", ".join([f"({', '.join(['%s'] * len(fields))})"] * len(rows))
+    sql = (
+        f"INSERT INTO {quote(model._meta.db_table)} ({columns}) VALUES {values} "  # noqa: S608 - names from _meta
+        f"ON CONFLICT ({columns}) DO NOTHING RETURNING {quote(model._meta.pk.column)}, {columns}"
+    )
+    params = [field.get_db_prep_save(row[field.name], connection) for row in rows for field in fields]
+    with connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return cursor.fetchall()
+
+
+def _beat_rows(model: BeatModel, wanted: Sequence[Mapping[str, Any]]) -> dict[tuple[Any, ...], Any]:
+    """The model's rows holding these values, by key: read, else inserted, else (a lost race) read again."""
+    by_key = {_beat_row_key(model, values): values for values in wanted}
+    rows = _beat_rows_read(model, by_key)
+    missing = sorted(key for key in by_key if key not in rows)
+    if missing:
+        for pk, *stored in _beat_rows_insert(model, [by_key[key] for key in missing]):
+            key = _beat_row_key(model, dict(zip(BEAT_UNIQUE_FIELDS[model], stored, strict=True)))
+            rows[key] = model(pk=pk, **by_key[key])
+        # A row skipped by ON CONFLICT is a concurrent insert that PostgreSQL waited for until it committed:
+        # the next statement (read committed) sees it.
+        lost = {key: by_key[key] for key in missing if key not in rows}
+        if lost:
+            rows.update(_beat_rows_read(model, lost))
+    return rows
 
 
 def beat_schedule_fields_bulk(schedules: Sequence[JobSchedule]) -> list[dict[str, Any]]:
-    """_beat_schedule_fields for many schedules: each distinct schedule row read or created once."""
+    """The PeriodicTask schedule fields of each schedule; at most three queries per schedule model."""
     lookups = [_beat_schedule_lookup(schedule) for schedule in schedules]
-    wanted = {_beat_row_key(model, values): (model, values) for _, model, values in lookups}
-    rows: dict[tuple[Any, ...], Any] = {}
-    for model in {model for model, _ in wanted.values()}:
-        mine = [values for m, values in wanted.values() if m is model]
-        names = list(mine[0])
-        # Highest pk first, so of equal rows the oldest is kept, as _beat_schedule_fields does.
-        for row in model.objects.filter(reduce(or_, (Q(**v) for v in mine))).order_by("-pk"):
-            rows[_beat_row_key(model, {name: getattr(row, name) for name in names})] = row
-        missing = [model(**v) for v in mine if _beat_row_key(model, v) not in rows]
-        for row in model.objects.bulk_create(missing):  # type: ignore[attr-defined]
-            rows[_beat_row_key(model, {name: getattr(row, name) for name in names})] = row
-    return [_beat_fields(field, rows[_beat_row_key(model, values)]) for field, model, values in lookups]
+    rows: dict[BeatModel, dict[tuple[Any, ...], Any]] = {}
+    for model in BEAT_UNIQUE_FIELDS:  # in this order: see BEAT_UNIQUE_FIELDS
+        wanted = [values for _, m, values in lookups if m is model]
+        if wanted:
+            rows[model] = _beat_rows(model, wanted)
+    return [
+        _beat_fields(field, rows[model][_beat_row_key(model, values)]) for field, model, values in lookups
+    ]
 
 
 def periodic_task_values(*, job: Job, schedule: JobSchedule) -> dict[str, Any]:
@@ -354,7 +393,7 @@ def periodic_task_sync(*, job: Job) -> PeriodicTask | None:
         PeriodicTask.objects.filter(name=name).delete()
         return None
     task = schedule.periodic_task or PeriodicTask.objects.filter(name=name).first() or PeriodicTask(name=name)
-    values = {**_beat_schedule_fields(schedule), **periodic_task_values(job=job, schedule=schedule)}
+    values = {**beat_schedule_fields_bulk([schedule])[0], **periodic_task_values(job=job, schedule=schedule)}
     for field, value in values.items():
         setattr(task, field, value)
     task.save()  # save() (not update()) bumps date_changed and PeriodicTasks: beat reloads just this one

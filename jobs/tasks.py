@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 from celery import shared_task
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, connections
 from django.utils.dateparse import parse_datetime
 
 from nodes.services import nodes_reap_stale
@@ -15,6 +18,27 @@ from . import services
 from .reconcile import executions_reconcile_broker
 
 logger = logging.getLogger(__name__)
+# The connection or the server is gone (or the statement was cut off), not a fault of the query.
+DB_UNAVAILABLE = (OperationalError, InterfaceError)
+
+
+@contextlib.contextmanager
+def periodic_tick(what: str) -> Iterator[None]:
+    """Around the body of a task beat sends every few seconds: a database that went away is one warning
+    line and a closed connection (none left broken for the next task of this process); the next tick
+    does the work."""
+    try:
+        yield
+    except DB_UNAVAILABLE as exc:
+        for conn in connections.all(initialized_only=True):
+            if not conn.in_atomic_block:  # the caller's transaction owns it; atomic() drops it as it unwinds
+                with contextlib.suppress(*DB_UNAVAILABLE):
+                    conn.close()
+        logger.warning("%s: database unavailable, the next tick does it: %s", what, _oneline(exc))
+
+
+def _oneline(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
 
 
 @shared_task(name="jobs.fire", ignore_result=True)
@@ -32,22 +56,26 @@ def fire(job_id: int, scheduled_for: str | None = None) -> None:
 @shared_task(name="jobs.dispatch_pending", ignore_result=True)
 def dispatch_pending() -> None:
     """Place pending executions on nodes with room."""
-    services.pending_place_pass()
+    with periodic_tick("placement pass"):
+        services.pending_place_pass()
 
 
 @shared_task(name="jobs.sweep_retries", ignore_result=True)
 def sweep_retries() -> None:
     """Start due retries, mark lost the runs far past their timeout; recover what offline nodes still hold
     (a safety net: the reaper and a worker's shutdown recover in the same transaction)."""
-    services.executions_recover_offline()
-    services.retries_sweep()
-    services.executions_overdue_sweep()
+    with periodic_tick("retry sweep"):
+        services.executions_recover_offline()
+        services.retries_sweep()
+        services.executions_overdue_sweep()
 
 
 @shared_task(name="jobs.reap_nodes", ignore_result=True)
 def reap_nodes() -> list[str]:
     """Nodes that stopped heartbeating go offline; what they held is recovered in the same transaction."""
-    return nodes_reap_stale(recover=_recover)
+    with periodic_tick("node reaper"):
+        return nodes_reap_stale(recover=_recover)
+    return []
 
 
 def _recover(node_id: int, reason: str) -> int:
@@ -57,7 +85,9 @@ def _recover(node_id: int, reason: str) -> int:
 @shared_task(name="jobs.reconcile_broker", ignore_result=True)
 def reconcile_broker() -> list[int]:
     """Republish queued executions whose broker message is gone (Redis restarted or flushed)."""
-    return executions_reconcile_broker(older_than_seconds=settings.SCHEDULER_RECONCILE_SECONDS)
+    with periodic_tick("broker reconciler"):
+        return executions_reconcile_broker(older_than_seconds=settings.SCHEDULER_RECONCILE_SECONDS)
+    return []
 
 
 @shared_task(name="jobs.dead_letter", ignore_result=True)

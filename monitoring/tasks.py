@@ -6,6 +6,7 @@ import logging
 
 from celery import shared_task
 
+from jobs.tasks import periodic_tick
 from monitoring import services
 
 logger = logging.getLogger(__name__)
@@ -20,10 +21,11 @@ def ping() -> str:
 @shared_task(name="monitoring.evaluate_alerts", ignore_result=True)
 def evaluate_alerts() -> None:
     """Fire and resolve alerts, then send the deliveries that are due (sent by beat every few seconds)."""
-    fired, resolved = services.alerts_evaluate()
-    sent = services.deliveries_send()
-    if fired or resolved or sent:
-        logger.info("alerts: %d fired, %d resolved, %d deliveries sent", fired, resolved, sent)
+    with periodic_tick("alert evaluation"):
+        fired, resolved = services.alerts_evaluate()
+        sent = services.deliveries_send()
+        if fired or resolved or sent:
+            logger.info("alerts: %d fired, %d resolved, %d deliveries sent", fired, resolved, sent)
 
 
 @shared_task(name="monitoring.prune_retention", ignore_result=True)

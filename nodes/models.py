@@ -25,6 +25,8 @@ class Node(models.Model):
     version = models.CharField(max_length=64, blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.ONLINE)
     registered_at = models.DateTimeField(auto_now_add=True)
+    # A fresh value at every worker start (its boot id): a claim made by an earlier start is known as such.
+    incarnation = models.UUIDField(null=True, blank=True)
     last_heartbeat_at = models.DateTimeField(null=True, blank=True)
     # Live usage, as reported by the last heartbeat.
     cpu_percent = models.FloatField(default=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import uuid
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from decimal import Decimal
@@ -44,8 +45,10 @@ def node_register(
     memory_mb_capacity: int,
     labels: Mapping[str, Any],
     version: str,
+    incarnation: uuid.UUID | None = None,
 ) -> Node:
-    """Create or update the node a starting worker runs as, and mark it online."""
+    """Create or update the node a starting worker runs as (`incarnation`: that start's boot id), and mark
+    it online."""
     errors: dict[str, str] = {}
     if "@" not in name:
         errors["name"] = f"{name!r} must be NAME@HOST (celery worker -n)"
@@ -68,13 +71,15 @@ def node_register(
             "memory_mb_capacity": memory_mb_capacity,
             "labels": dict(labels),
             "version": version,
+            "incarnation": incarnation,
             "status": Node.Status.ONLINE,
             "last_heartbeat_at": Now(),
         },
     )
     logger.info("node %s %s: %s cpu, %s MB, labels %s", name, "registered" if created else "back online",
                 cpu_capacity, memory_mb_capacity, dict(labels))  # fmt: skip
-    # A returning node's old executions were already recovered; capacity may fit pending work now.
+    # A returning node's worker takes over what its earlier start held (worker.liveness); capacity may
+    # fit pending work now.
     _capacity_available_soon(name)
     return node
 

@@ -7,6 +7,8 @@ Every project knob has the SCHEDULER_ prefix and is read here, once, with its do
 
 from __future__ import annotations
 
+import os
+import tempfile
 from datetime import timedelta
 from pathlib import Path
 
@@ -68,6 +70,8 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # Inside the security headers, outside everything that may query the database (the session first).
+    "scheduler_project.dbguard.DatabaseUnavailableMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -75,6 +79,8 @@ MIDDLEWARE = [
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
+# Django's database sessions; a save cut off by the database going away is a 503, not "session deleted".
+SESSION_ENGINE = "scheduler_project.sessions"
 
 ROOT_URLCONF = "scheduler_project.urls"
 WSGI_APPLICATION = "scheduler_project.wsgi.application"
@@ -99,6 +105,8 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = env.int("SCHEDULER_DB_CONN_MAX_AGE", default=60)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# While the database is away requests answer 503 with this Retry-After (scheduler_project/dbguard.py).
+SCHEDULER_DB_RETRY_AFTER_SECONDS = env.int("SCHEDULER_DB_RETRY_AFTER_SECONDS", default=2)
 # The hot statements (claim, finish, placement) run as prepared statements (scheduler_project/db.py).
 SCHEDULER_DB_PREPARE = env.bool("SCHEDULER_DB_PREPARE", default=True)
 # A claim commits without waiting for the WAL flush (jobs/services/executions.py says why that is safe).
@@ -169,6 +177,13 @@ SCHEDULER_DEFAULT_TIMEOUT_SECONDS = env.int("SCHEDULER_DEFAULT_TIMEOUT_SECONDS",
 SCHEDULER_OUTPUT_LIMIT_BYTES = env.int("SCHEDULER_OUTPUT_LIMIT_BYTES", default=64 * 1024)
 SCHEDULER_HEARTBEAT_SECONDS = env.float("SCHEDULER_HEARTBEAT_SECONDS", default=5.0)
 SCHEDULER_NODE_OFFLINE_AFTER_SECONDS = env.float("SCHEDULER_NODE_OFFLINE_AFTER_SECONDS", default=30.0)
+# How long a worker keeps retrying to record a claim or an outcome while the database is away (then the run
+# is left to its node's liveness check, which marks it lost once the database answers).
+SCHEDULER_WORKER_DB_RETRY_SECONDS = env.float("SCHEDULER_WORKER_DB_RETRY_SECONDS", default=300.0)
+# Where a worker notes the process group of each shell run, so that what a lost run left is killed.
+SCHEDULER_RUN_DIR = env.str(
+    "SCHEDULER_RUN_DIR", default=str(Path(tempfile.gettempdir()) / f"scheduler-runs-{os.getuid()}")
+)
 SCHEDULER_NODE_CPU = env.float("SCHEDULER_NODE_CPU", default=None)
 SCHEDULER_NODE_MEMORY_MB = env.int("SCHEDULER_NODE_MEMORY_MB", default=None)
 SCHEDULER_NODE_LABELS = env.str("SCHEDULER_NODE_LABELS", default="")

@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import psutil
+import psycopg
 import pytest
 import redis
 from django.conf import settings
@@ -206,3 +208,28 @@ def start_beat(transactional_db, tmp_path: Path) -> Iterator[Callable[..., Proc]
     yield start
     for proc in procs:
         proc.stop()
+
+
+def database_connect(dbname: str | None = None) -> psycopg.Connection[Any]:
+    """A psycopg connection of the test's own (autocommit) to the test database or `dbname`: never one of
+    the connections a fault test terminates."""
+    db = connection.settings_dict
+    return psycopg.connect(
+        host=db["HOST"],
+        port=db["PORT"] or 5432,
+        user=db["USER"],
+        password=db["PASSWORD"] or None,
+        dbname=dbname or db["NAME"],
+        autocommit=True,
+        connect_timeout=10,
+    )
+
+
+def processes_with(marker: str) -> list[psutil.Process]:
+    """The live processes whose argv holds `marker` (a test job's own processes)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        with contextlib.suppress(psutil.Error):
+            if proc.info["status"] != psutil.STATUS_ZOMBIE and marker in (proc.info["cmdline"] or []):
+                found.append(proc)
+    return found

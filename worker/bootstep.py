@@ -4,9 +4,10 @@ Wired by `scheduler_project.celery` (`NodeStep`, loaded by name once Django is s
 
 - bootstep init (before the consumer starts): remember the node name, add its queue node.<name> to the
   queues this worker consumes (besides "default" or whatever -Q says);
-- bootstep start: register the Node (capacity from psutil or SCHEDULER_NODE_CPU / SCHEDULER_NODE_MEMORY_MB,
-  labels from SCHEDULER_NODE_LABELS), then a daemon thread in the main process heartbeats every
-  SCHEDULER_HEARTBEAT_SECONDS with live usage;
+- bootstep start: register the Node with a new incarnation (capacity from psutil or SCHEDULER_NODE_CPU /
+  SCHEDULER_NODE_MEMORY_MB, labels from SCHEDULER_NODE_LABELS), take over what an earlier start of the same
+  node left (worker.liveness), then a daemon thread in the main process heartbeats every
+  SCHEDULER_HEARTBEAT_SECONDS with live usage and checks that every run on the node is a live task;
 - SIGTERM (warm shutdown starts): the heartbeat thread marks the node draining at once, so nothing new is
   placed on it while its running tasks finish (the heartbeats go on, so the reaper leaves it alone);
 - worker_shutdown (after the pool finished its tasks): stop heartbeating, mark the node offline and hand
@@ -25,16 +26,18 @@ from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, connections, transaction
 from psycopg.pq import TransactionStatus
 
-from jobs.services import executions_recover_node
+from jobs.services import executions_held, executions_recover_node
 from nodes.models import Node
 from nodes.placement import node_queue_name
 from nodes.services import node_mark_offline
 
 from .heartbeat import Heartbeat
 from .identity import capacity, node_name_set, node_register_self
+from .liveness import takeover_at_start
+from .processes import leftovers_kill
 
 logger = logging.getLogger(__name__)
-_state: dict[str, Any] = {"name": None, "heartbeat": None}
+_state: dict[str, Any] = {"name": None, "incarnation": None, "heartbeat": None}
 
 
 class NodeStep(bootsteps.StartStopStep):
@@ -46,16 +49,17 @@ class NodeStep(bootsteps.StartStopStep):
         super().__init__(parent, **kwargs)
         name = parent.hostname
         _state["name"] = name
-        node_name_set(name)
+        _state["incarnation"] = node_name_set(name)  # before the pool forks: its processes inherit both
         # Runs after -Q was applied and before the consumer starts: add this node's own queue to them.
         parent.app.amqp.queues.select_add(node_queue_name(name), queue_arguments={"x-max-priority": 10})
 
     def start(self, parent: Any) -> None:
         name = parent.hostname
         node_register_self(name)
+        takeover_at_start(node_name=name, incarnation=_state["incarnation"])
         cpu, _ = capacity()
         connection.close()  # not shared with the pool processes forked after this
-        thread = Heartbeat(name, settings.SCHEDULER_HEARTBEAT_SECONDS, cpu)
+        thread = Heartbeat(name, settings.SCHEDULER_HEARTBEAT_SECONDS, cpu, incarnation=_state["incarnation"])
         _state["heartbeat"] = thread
         thread.start()
 
@@ -113,6 +117,8 @@ def _on_worker_shutdown(sender: Any = None, **kwargs: Any) -> None:
     close_old_connections()
     reason = f"node {name} shut down before starting it"
     try:
+        for held in executions_held(node_name=name, statuses=["running"]):  # a cold shutdown
+            leftovers_kill(held.claim_token)  # what still runs dies with the worker
         with transaction.atomic():
             if node_mark_offline(name=name, reason=reason):
                 node_id = Node.objects.values_list("pk", flat=True).get(name=name)

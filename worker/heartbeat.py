@@ -1,20 +1,24 @@
-"""The heartbeat thread of a worker's main process: live usage every SCHEDULER_HEARTBEAT_SECONDS, and the
-node drained at once when a warm shutdown starts."""
+"""The heartbeat thread of a worker's main process: live usage every SCHEDULER_HEARTBEAT_SECONDS, the
+liveness check of the runs on its node (worker.liveness), and the node drained at once when a warm
+shutdown starts. A database that does not answer costs a tick, never the thread."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import uuid
 from decimal import Decimal
 
 import psutil
 from django.db import DatabaseError, InterfaceError, close_old_connections
 
-from jobs.models import Execution
+from jobs.services import Held, executions_held
 from nodes.models import Node
 from nodes.services import node_drain, node_heartbeat_record
 
+from .dbretry import connections_reset
 from .identity import node_register_self
+from .liveness import claims_check
 
 logger = logging.getLogger(__name__)
 
@@ -47,9 +51,14 @@ class UsageProbe:
 class Heartbeat(threading.Thread):
     """Daemon thread of the worker's main process: heartbeats, and drains the node when shutdown starts."""
 
-    def __init__(self, name: str, interval: float, cpu_capacity: Decimal) -> None:
+    def __init__(
+        self, name: str, interval: float, cpu_capacity: Decimal, incarnation: uuid.UUID | None = None
+    ) -> None:
         super().__init__(name="node-heartbeat", daemon=True)
         self.node_name = name
+        # The worker start this thread belongs to: its runs are checked against Celery's tasks (None: no
+        # check, e.g. a heartbeat outside a worker).
+        self.incarnation = incarnation
         self.interval = interval
         self.probe = UsageProbe(cpu_capacity)
         self.stopping = threading.Event()
@@ -63,22 +72,28 @@ class Heartbeat(threading.Thread):
             try:
                 if self.shutting_down.is_set() and not drained:
                     drained = self._drain_for_shutdown()
-                self.beat()
-            except (DatabaseError, InterfaceError, Node.DoesNotExist):
+                held = self.beat()
+                if self.incarnation is not None:
+                    claims_check(node_name=self.node_name, incarnation=self.incarnation, held=held)
+            except (DatabaseError, InterfaceError, Node.DoesNotExist) as exc:
                 # The database is down or the row was deleted: try again next tick, never die.
-                logger.exception("node %s: heartbeat failed; retrying next tick", self.node_name)
+                logger.warning("node %s: heartbeat failed, retrying next tick: %s", self.node_name, exc)
+                connections_reset()
             self.wake.wait(self.interval)
             self.wake.clear()
         close_old_connections()
 
-    def beat(self) -> None:
+    def beat(self) -> list[Held]:
+        """Record live usage; returns the runs on the node (read before the usage is recorded)."""
         cpu_percent, memory_mb = self.probe.sample()
-        running = Execution.objects.filter(node__name=self.node_name, status=Execution.Status.RUNNING).count()
+        held = executions_held(node_name=self.node_name, statuses=["running"])
+        running = len(held)
         if not node_heartbeat_record(
             name=self.node_name, cpu_percent=cpu_percent, memory_used_mb=memory_mb, running_count=running
         ):
             logger.warning("node %s vanished from the database: registering again", self.node_name)
             node_register_self(self.node_name)
+        return held
 
     def _drain_for_shutdown(self) -> bool:
         node_drain(name=self.node_name)

@@ -1,10 +1,12 @@
-"""Who this worker is: its node name (celery hostname NAME@HOST), capacity, address, and registration."""
+"""Who this worker is: its node name (celery hostname NAME@HOST), its incarnation (a fresh boot id at each
+start), capacity, address, and registration."""
 
 from __future__ import annotations
 
 import os
 import platform
 import socket
+import uuid
 from decimal import Decimal
 from typing import Any
 from urllib.parse import urlsplit
@@ -17,13 +19,26 @@ from django.core.exceptions import ImproperlyConfigured
 from nodes.services import node_register, parse_labels
 
 NODE_NAME_ENV = "SCHEDULER_NODE_NAME"
-_state: dict[str, Any] = {"name": None}
+INCARNATION_ENV = "SCHEDULER_NODE_INCARNATION"
+_state: dict[str, Any] = {"name": None, "incarnation": None}
 
 
-def node_name_set(name: str) -> None:
-    """Remember the node name in this process and in the environment (pool children inherit it)."""
-    _state["name"] = name
+def node_name_set(name: str) -> uuid.UUID:
+    """Remember the node name and a new incarnation in this process and in the environment (pool children
+    inherit both); returns the incarnation."""
+    incarnation = uuid.uuid4()
+    _state["name"], _state["incarnation"] = name, incarnation
     os.environ[NODE_NAME_ENV] = name
+    os.environ[INCARNATION_ENV] = str(incarnation)
+    return incarnation
+
+
+def current_incarnation() -> uuid.UUID | None:
+    """This worker start's incarnation; valid in pool children too."""
+    if _state["incarnation"] is None and os.environ.get(INCARNATION_ENV):
+        _state["incarnation"] = uuid.UUID(os.environ[INCARNATION_ENV])
+    incarnation: uuid.UUID | None = _state["incarnation"]
+    return incarnation
 
 
 def current_node_name() -> str | None:
@@ -55,7 +70,7 @@ def _ip_address() -> str | None:
 
 
 def node_register_self(name: str) -> None:
-    """Register this worker's Node from the settings and the host it runs on."""
+    """Register this worker's Node (its current incarnation) from the settings and the host it runs on."""
     try:
         labels = parse_labels(settings.SCHEDULER_NODE_LABELS)
     except ValueError as exc:
@@ -69,4 +84,5 @@ def node_register_self(name: str) -> None:
         memory_mb_capacity=memory_mb,
         labels=labels,
         version=f"celery {celery.__version__}, python {platform.python_version()}",
+        incarnation=current_incarnation(),
     )

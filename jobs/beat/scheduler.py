@@ -13,6 +13,7 @@ Execution is the guarantee behind the lease, so every beat derives slot times fr
 
 from __future__ import annotations
 
+import contextlib
 import heapq
 import itertools
 import logging
@@ -41,6 +42,8 @@ from .slots import slot_next
 
 logger = logging.getLogger(__name__)
 
+# The database is away or the connection is gone: the tick carries on and the next one tries again.
+DB_ERRORS = (DatabaseError, InterfaceError)
 # Entries of this task are job firings: fired in-process, in batches, instead of sent as tasks.
 FIRE_TASK = "jobs.fire"
 FIRE_BATCH_MAX = 500  # slots per firing transaction (a burst of 10,000 is 20 short transactions)
@@ -70,6 +73,9 @@ class JobScheduler(Scheduler):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         self.stats: Counter[str] = Counter()
+        # Bookkeeping not written yet outlives a change of leader: it is written when the database answers.
+        self._pending: dict[int, tuple[datetime, int]] = {}  # pk -> (last slot fired, firings) to write
+        self._disable: dict[int, datetime] = {}  # pk -> date_changed seen when we retired it
         self.lease = LeaderLease(client=redis_client(), seconds=lease_seconds(), key=self.lease_key)
         self.sync_seconds = _knob("SCHEDULER_BEAT_SYNC_SECONDS", 1.0)
         self.flush_seconds = _knob("SCHEDULER_BEAT_FLUSH_SECONDS", 2.0)
@@ -90,8 +96,6 @@ class JobScheduler(Scheduler):
         self._watermark = datetime.min.replace(tzinfo=UTC)
         self._last_change: datetime | None = None
         self._fingerprints: dict[str, str] = {}
-        self._pending: dict[int, tuple[datetime, int]] = {}  # pk -> (last slot fired, firings) to write
-        self._disable: dict[int, datetime] = {}  # pk -> date_changed seen when we retired it
         self._next_sync = self._next_flush = self._next_full = 0.0
 
     # --- celery beat hooks --------------------------------------------------------------------
@@ -106,8 +110,9 @@ class JobScheduler(Scheduler):
             try:
                 close_old_connections()
                 self._flush()
-            except (DatabaseError, InterfaceError) as exc:
-                logger.warning("beat: could not write run bookkeeping: %r", exc)
+            except DB_ERRORS as exc:
+                _connection_drop()
+                logger.warning("beat: could not write run bookkeeping, retrying later: %s", _oneline(exc))
 
     def close(self) -> None:
         try:
@@ -124,6 +129,8 @@ class JobScheduler(Scheduler):
         if not self.lease.hold():
             if self._leading:
                 self._step_down()
+            else:
+                self.sync()  # what a former leadership could not write yet
             return min(1.0, self.lease.seconds / 5)
         close_old_connections()
         try:
@@ -136,9 +143,11 @@ class JobScheduler(Scheduler):
             if now_m >= self._next_sync:
                 self._next_sync = now_m + self.sync_seconds
                 self._sync_changes(now_m)
-        except (DatabaseError, InterfaceError) as exc:
-            # The database is away: keep firing what we know; retry the database on the next tick.
-            logger.warning("beat: database error, retrying next tick: %r", exc)
+        except DB_ERRORS as exc:
+            # The database is away: keep firing what we know (on a fresh connection: the broken one is
+            # dropped now, not at the next tick); what did not get done is done again on the next tick.
+            _connection_drop()
+            logger.warning("beat: database error, retrying next tick: %s", _oneline(exc))
         if not self._leading:
             return 1.0
         return self._fire_due()
@@ -173,7 +182,7 @@ class JobScheduler(Scheduler):
                 # Saving an unchanged row would move its interval grid (anchored at date_changed).
                 if existing is None or any(getattr(existing, k) != v for k, v in defaults.items()):
                     PeriodicTask.objects.update_or_create(name=name, defaults=defaults)
-            except (DatabaseError, InterfaceError):
+            except DB_ERRORS:
                 raise
             except Exception:
                 logger.exception("beat: cannot install static entry %r: %r", name, fields)
@@ -272,8 +281,13 @@ class JobScheduler(Scheduler):
         now = utcnow()
         try:
             created = self.fire_slots(batch)
-        except Exception:
-            logger.exception("beat: could not fire %d slot(s); retrying", len(batch))
+        except Exception as exc:
+            # Nothing of the batch was fired (one transaction), or it was and firing again is a no-op.
+            if isinstance(exc, DB_ERRORS):
+                _connection_drop()
+                logger.warning("beat: could not fire %d slot(s), retrying: %s", len(batch), _oneline(exc))
+            else:
+                logger.exception("beat: could not fire %d slot(s); retrying", len(batch))
             for entry, _ in batch:
                 heapq.heappush(self._due, (now.timestamp() + 1.0, next(self._seq), entry))
             batch.clear()
@@ -353,22 +367,28 @@ class JobScheduler(Scheduler):
 
     # --- change detection ---------------------------------------------------------------------
     def _sync_changes(self, now_m: float) -> None:
-        """Reload only the rows that changed since the last look."""
+        """Reload only the rows that changed since the last look (all that differ, after a cut-off look)."""
         full = now_m >= self._next_full
         change = PeriodicTasks.last_change()
         if change == self._last_change and not full:
             return
         self.stats["change_checks"] += 1
-        self._last_change = change
         now = utcnow()
-        # The margin covers transactions that commit a little after their rows' date_changed.
-        pairs = PeriodicTask.objects.filter(date_changed__gt=self._watermark - self.change_margin)
-        stale = [
-            pk for pk, dc in pairs.values_list("id", "date_changed") if self._known_changed.get(pk) != dc
-        ]
-        self._load(stale, now)
-        self._check_schedule_rows(now)
-        self._check_enabled_set(now, full=full)
+        try:
+            # The margin covers transactions that commit a little after their rows' date_changed.
+            pairs = PeriodicTask.objects.filter(date_changed__gt=self._watermark - self.change_margin)
+            stale = [
+                pk for pk, dc in pairs.values_list("id", "date_changed") if self._known_changed.get(pk) != dc
+            ]
+            self._load(stale, now)
+            self._check_schedule_rows(now)
+            self._check_enabled_set(now, full=full)
+        except BaseException:
+            # Cut off (the database went away): the rows it loaded moved the watermark past some it did
+            # not, so the next look compares every row instead of trusting last_change and the watermark.
+            self._next_full = 0.0
+            raise
+        self._last_change = change
         if full:
             self._next_full = now_m + self.full_sync_seconds
 
@@ -415,13 +435,26 @@ class JobScheduler(Scheduler):
         """An edited Interval/Crontab/Clocked row (shared by many tasks) reloads the tasks that use it."""
         fingerprints = self._schedule_fingerprints()
         changed = [kind for kind in fingerprints if fingerprints[kind] != self._fingerprints.get(kind)]
-        self._fingerprints = fingerprints
         for kind in changed:
             users = [e for e in self._entries.values() if e.schedule_kind == kind]
             rows = _SCHEDULE_MODELS[kind].objects.filter(id__in={e.schedule_id for e in users})
             sigs = {r[0]: tuple(map(_sig_value, r[1:])) for r in rows.values_list("id", *_SIG_FIELDS[kind])}
             self._load([e.pk for e in users if sigs.get(e.schedule_id) != e.schedule_sig], now)
+        # Only once their users are reloaded: a look cut off before that sees the same change again.
+        self._fingerprints = fingerprints
 
 
 def _sig_value(value: Any) -> Any:
     return str(value) if not isinstance(value, int | str | datetime) else value
+
+
+def _connection_drop() -> None:
+    """Close the connection a database error may have left broken; the next query opens a fresh one."""
+    # Not close_old_connections(): it closes only after an error Django itself wrapped (errors_occurred),
+    # and after a terminated backend a new connection costs less than checking the old one.
+    with contextlib.suppress(*DB_ERRORS):
+        connection.close()
+
+
+def _oneline(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {' '.join(str(exc).split())}"

@@ -100,6 +100,10 @@ def run(
     """Run the command; return its outcome (exit code, bounded output, timed_out / cancelled)."""
     control = control or LocalControl()
     tail = OutputTail(sink=getattr(control, "log_feed", None))
+    # A worker's control marks the job's processes (environment) and records their group, so that what a
+    # run leaves behind when its worker dies is found and killed (worker.processes).
+    env = job_environment(payload.get("env", {}), execution_id)
+    env.update(getattr(control, "process_env", dict)())
     try:
         proc = subprocess.Popen(
             payload["command"],
@@ -107,17 +111,26 @@ def run(
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             cwd=payload.get("cwd"),
-            env=job_environment(payload.get("env", {}), execution_id),
+            env=env,
             start_new_session=True,  # its own process group, so the whole tree can be killed
             close_fds=True,
         )
     except OSError as exc:
         return Outcome(status="failed", error=f"cannot start {payload['command'][0]!r}: {exc}")
     assert proc.stdout is not None  # noqa: S101 - stdout=PIPE above
+    started, ended = getattr(control, "process_started", None), getattr(control, "process_ended", None)
+    if started is not None:
+        started(proc.pid)
     pump = _Pump(proc.stdout, tail)
     pump.start()
-    stop = _supervise(proc, pump, tail, control, timeout)
-    kill_group(proc, grace=KILL_GRACE_SECONDS if stop else 0)
+    stop: str | None = "cancelled"  # if supervising raises, the group is killed all the same
+    try:
+        stop = _supervise(proc, pump, tail, control, timeout)
+    finally:
+        # However supervision ends (an exception included), the job's process group does not outlive it.
+        kill_group(proc, grace=KILL_GRACE_SECONDS if stop else 0)
+        if ended is not None:
+            ended()
     pump.join(timeout=5)
     if pump.progress is not None:
         control.progress_update(pump.progress)

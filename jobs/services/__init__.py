@@ -8,6 +8,7 @@ from .bulk import (
     jobs_trigger_bulk,
 )
 from .executions import (
+    Held,
     IllegalTransition,
     execution_cancel,
     execution_capacity_release,
@@ -17,9 +18,12 @@ from .executions import (
     execution_output_store,
     execution_progress_store,
     execution_stop_reason,
+    executions_claims_lost,
+    executions_held,
     executions_overdue_sweep,
     executions_recover_node,
     executions_recover_offline,
+    executions_requeue,
 )
 from .firing import (
     dead_letter_replay,
@@ -44,6 +48,7 @@ from .retries import dead_letter_discard, retry_delay_seconds
 
 __all__ = [
     "BulkCreated",
+    "Held",
     "ItemsPermissionDenied",
     "IllegalTransition",
     "dead_letter_discard",
@@ -57,9 +62,12 @@ __all__ = [
     "execution_progress_store",
     "execution_republish",
     "execution_stop_reason",
+    "executions_claims_lost",
+    "executions_held",
     "executions_overdue_sweep",
     "executions_recover_node",
     "executions_recover_offline",
+    "executions_requeue",
     "executions_start",
     "fire",
     "job_create",

@@ -28,14 +28,14 @@ import functools
 import json
 import logging
 import uuid
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
 import psutil
 from django.db import transaction
-from django.db.models import DateTimeField, ExpressionWrapper, F
+from django.db.models import DateTimeField, ExpressionWrapper, F, Q
 from django.utils import timezone
 from psycopg.types.json import Jsonb
 
@@ -448,18 +448,36 @@ def _pid_alive(pid: int) -> bool:
         return False
 
 
-def execution_claim(*, execution_id: int, node_name: str, pid: int) -> Claim | None:
+StaleCheck = Callable[[uuid.UUID | None], bool]
+
+
+def execution_claim(
+    *,
+    execution_id: int,
+    node_name: str,
+    pid: int,
+    incarnation: uuid.UUID | None = None,
+    token: uuid.UUID | None = None,
+    leftovers_gone: StaleCheck | None = None,
+) -> Claim | None:
     """queued -> running for the worker of `node_name` only, with a fresh claim token; None: nothing to run.
 
     One round trip: the conditional update returns what the run needs. A redelivered or stale message
-    finds nothing to claim; one for a run this node already runs in a dead process marks that attempt lost.
+    finds nothing to claim; one for a run this node already runs in a dead process marks that attempt lost
+    once `leftovers_gone(its claim token)` says nothing of it runs any more. A caller retrying a claim cut
+    off by a database error passes the same `token`: a claim that did commit is recognised as its own.
     """
-    token = uuid.uuid4()
+    token = token or uuid.uuid4()
     rows = transition(
         ids=[execution_id],
         source=[S.QUEUED],
         target=S.RUNNING,
-        values={"claim_token": token, "started_at": timezone.now(), "worker_pid": pid},
+        values={
+            "claim_token": token,
+            "started_at": timezone.now(),
+            "worker_pid": pid,
+            "worker_incarnation": incarnation,
+        },
         where="AND e.node_id = (SELECT id FROM nodes_node WHERE name = %s)",
         where_params=[node_name],
         with_payload=True,
@@ -469,42 +487,90 @@ def execution_claim(*, execution_id: int, node_name: str, pid: int) -> Claim | N
     )
     if rows:
         row = rows[0]
-        return Claim(
-            execution_id=row.id,
-            claim_token=token,
-            job_id=row.job_id,
-            kind=row.kind,
-            payload=row.payload,
-            timeout_seconds=row.timeout_seconds,
-            attempt=row.attempt,
-            max_retries=row.max_retries,
-        )
-    _stale_claim_resolve(execution_id=execution_id, node_name=node_name, pid=pid)
-    return None
+        return Claim(row.id, token, row.job_id, row.kind, row.payload, row.timeout_seconds, row.attempt,
+                     row.max_retries)  # fmt: skip
+    return _stale_claim_resolve(
+        execution_id=execution_id, node_name=node_name, pid=pid, token=token, leftovers_gone=leftovers_gone
+    )
 
 
 @transaction.atomic
-def _stale_claim_resolve(*, execution_id: int, node_name: str, pid: int) -> None:
+def _stale_claim_resolve(
+    *, execution_id: int, node_name: str, pid: int, token: uuid.UUID, leftovers_gone: StaleCheck | None
+) -> Claim | None:
     # The message came back for an execution this node already runs: with acks_late and
     # reject_on_worker_lost that means the process running it died (a poison job killing its worker).
     # That attempt failed, counted in the database, so a job that kills its worker cannot loop.
     row = (
         Execution.objects.select_for_update()
         .filter(pk=execution_id, status=S.RUNNING, node__name=node_name)
-        .values("worker_pid")
+        .values_list(
+            "worker_pid",
+            "claim_token",
+            "job_id",
+            "job__kind",
+            "job__payload",
+            "job__timeout_seconds",
+            "attempt",
+            "job__max_retries",
+        )  # fmt: skip
         .first()
     )
     if row is None:
         logger.info("execution %s is not queued here any more: stale message dropped", execution_id)
-        return
-    owner = row["worker_pid"]
+        return None
+    owner, claim_token, *claimed = row
+    if claim_token == token:  # our own claim, whose answer a database error cut off
+        return Claim(execution_id, token, *claimed)
     if owner and owner != pid and _pid_alive(owner):
         logger.info("execution %s still runs in pid %s: duplicate message dropped", execution_id, owner)
-        return
+        return None
+    if leftovers_gone is not None and not leftovers_gone(claim_token):
+        logger.error("execution %s: its dead attempt's processes survive; not retried yet", execution_id)
+        return None
     execution_mark_lost(
         execution_id=execution_id,
         reason=f"the worker process (pid {owner}) died while running it; its message was redelivered",
     )
+    return None
+
+
+@dataclass(frozen=True)
+class Held:
+    """An execution a node holds (queued or running there), as its worker's liveness check sees it."""
+
+    id: int
+    status: str
+    claim_token: uuid.UUID | None
+    incarnation: uuid.UUID | None
+    worker_pid: int | None
+
+
+def executions_held(*, node_name: str, statuses: Collection[str] = (S.QUEUED, S.RUNNING)) -> list[Held]:
+    """What the node `node_name` holds in `statuses` (queued and running by default; one indexed query)."""
+    rows = (
+        Execution.objects.filter(node__name=node_name, status__in=list(statuses))
+        .order_by("pk")
+        .values_list("pk", "status", "claim_token", "worker_incarnation", "worker_pid")
+    )
+    return [Held(*row) for row in rows]
+
+
+def executions_claims_lost(*, claims: Sequence[Held], reason: str) -> list[Changed]:
+    """Running -> lost for these claims, each only while it is still running under the same claim token
+    (its node's worker found nothing of it running any more); the retry policy decides what follows."""
+    running = [c for c in claims if c.claim_token is not None]
+    if not running:
+        return []
+    with transaction.atomic():
+        return transition(
+            ids=[c.id for c in running],
+            source=[S.RUNNING],
+            target=S.LOST,
+            values={"claim_token": None, "finished_at": timezone.now(), "error": reason[:2000]},
+            where="AND e.claim_token = ANY(%s::uuid[])",
+            where_params=[[c.claim_token for c in running]],
+        )
 
 
 def execution_stop_reason(*, execution_id: int, claim_token: uuid.UUID) -> str | None:
@@ -699,7 +765,9 @@ def executions_recover_offline() -> int:
 
 
 def executions_overdue_sweep(*, limit: int = 100) -> int:
-    """Mark lost the running executions far past their timeout (their worker vanished without a trace)."""
+    """Mark lost the running executions far past their timeout whose node is gone (no node, or offline and
+    its recovery was cut off). On a live node the worker's liveness check is the authority: it kills what
+    a dead attempt left running before the attempt is marked lost, which no sweep elsewhere can do."""
     # started_at + timeout + grace < now, computed in SQL per job
     overdue_after = ExpressionWrapper(
         F("started_at") + F("job__timeout_seconds") * timedelta(seconds=1) + OVERDUE_GRACE,
@@ -707,6 +775,7 @@ def executions_overdue_sweep(*, limit: int = 100) -> int:
     )
     ids = list(
         Execution.objects.filter(status=S.RUNNING, started_at__isnull=False)
+        .filter(Q(node__isnull=True) | Q(node__status=Node.Status.OFFLINE))
         .annotate(overdue_after=overdue_after)
         .filter(overdue_after__lt=timezone.now())
         .values_list("pk", flat=True)[:limit]

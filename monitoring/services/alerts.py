@@ -8,7 +8,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
-from django.db import IntegrityError, transaction
+from django.db import IntegrityError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from jobs.models import Job
@@ -119,6 +119,8 @@ def alerts_evaluate(*, now: datetime | None = None) -> tuple[int, int]:
     for rule in AlertRule.objects.filter(enabled=True).order_by("pk"):
         try:
             f, r = alert_rule_evaluate(rule=rule, now=now)
+        except (OperationalError, InterfaceError):
+            raise  # the database went away: no other rule can be evaluated either; the next tick does it
         except Exception:  # a broken rule (or a broker outage for queue rules) must not stop the rest
             logger.exception("alert rule %s (%s) could not be evaluated", rule.pk, rule.kind)
             continue

@@ -9,7 +9,7 @@ import time
 from datetime import datetime, timedelta
 
 from django.conf import settings
-from django.db import IntegrityError, transaction
+from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, OuterRef, Subquery, Sum
 from django.db.models.functions import Length
 from django.utils import timezone
@@ -129,7 +129,12 @@ class ExecutionLogWriter:
         return self._append(text)
 
     def _append(self, text: str) -> ExecutionLogChunk | None:
-        chunk = log_append(execution_id=self.execution_id, text=text)
+        try:
+            chunk = log_append(execution_id=self.execution_id, text=text)
+        except DatabaseError:
+            with self._lock:  # not lost: stored with the next flush (a database blip, say)
+                self._buffer.insert(0, text)
+            raise
         self._stored = self._stored or chunk is not None
         return chunk
 

@@ -205,17 +205,6 @@ def test_shell_items_are_refused_without_the_permission():
     assert Job.objects.count() == 0
 
 
-def test_equal_beat_schedule_rows_do_not_break_either_path():
-    """Concurrent first creates can leave two equal IntervalSchedules: both paths then use the oldest."""
-    older = IntervalSchedule.objects.create(every=60, period=IntervalSchedule.SECONDS)
-    IntervalSchedule.objects.create(every=60, period=IntervalSchedule.SECONDS)
-    owner = UserFactory()
-    single = job_create(owner=owner, **SPECS[1] | {"node_selector": {}})
-    bulk = jobs_create_bulk(owner=owner, items=[SPECS[1] | {"node_selector": {}}]).jobs[0]
-    for job in (single, bulk):
-        assert PeriodicTask.objects.get(name=f"job:{job.pk}").interval_id == older.pk
-
-
 def test_queries_do_not_grow_with_the_batch():
     """One statement per table and one placement question per distinct resources, whatever the size."""
     NodeFactory(labels={"region": "eu"})

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import random
+import uuid
 from datetime import timedelta
 
 import pytest
@@ -18,6 +19,8 @@ from jobs.services import (
     execution_claim,
     execution_finish,
     execution_mark_lost,
+    executions_claims_lost,
+    executions_held,
     firing,
     job_create,
     job_delete,
@@ -255,3 +258,50 @@ def test_a_finish_whose_claim_was_lost_keeps_the_reservation_of_the_queued_execu
         execution_id=execution.pk, claim_token=claimed.claim_token, outcome=Outcome("succeeded")
     )
     assert Execution.objects.get(pk=execution.pk).allocation.active  # still reserved for its next run
+
+
+def test_a_claim_retried_with_its_token_after_a_cut_off_answer_is_its_own(node):
+    job = _interval_job()
+    execution = job_trigger(job=job)
+    token = uuid.uuid4()
+    first = execution_claim(execution_id=execution.pk, node_name=node.name, pid=os.getpid(), token=token)
+    assert first is not None
+    # The same claim again (its answer was lost to a dropped connection): recognised, not marked lost.
+    again = execution_claim(execution_id=execution.pk, node_name=node.name, pid=os.getpid(), token=token)
+    assert again == first
+    assert Execution.objects.get(pk=execution.pk).status == Execution.Status.RUNNING
+
+
+def test_a_dead_attempt_whose_processes_survive_is_not_marked_lost(node):
+    job = _interval_job(max_retries=1)
+    execution = job_trigger(job=job)
+    claim(execution)
+    Execution.objects.filter(pk=execution.pk).update(worker_pid=2**22 + 12345)  # no such process
+    checked = []
+
+    def survive(token):
+        checked.append(token)
+        return False
+
+    assert (
+        execution_claim(
+            execution_id=execution.pk, node_name=node.name, pid=os.getpid(), leftovers_gone=survive
+        )
+        is None
+    )
+    assert checked == [Execution.objects.get(pk=execution.pk).claim_token]
+    assert Execution.objects.get(pk=execution.pk).status == Execution.Status.RUNNING  # waits for them
+
+
+def test_claims_lost_only_while_the_claim_token_is_the_same(node):
+    job = _interval_job(max_retries=0)
+    first, second = job_trigger(job=job), job_trigger(job=job)
+    claim(first)
+    claim(second)
+    held = executions_held(node_name=node.name, statuses=["running"])
+    assert {h.id for h in held} == {first.pk, second.pk}
+    Execution.objects.filter(pk=second.pk).update(claim_token=uuid.uuid4())  # claimed anew meanwhile
+    lost = executions_claims_lost(claims=held, reason="gone")
+    assert [c.id for c in lost] == [first.pk]
+    assert Execution.objects.get(pk=first.pk).status == Execution.Status.LOST
+    assert Execution.objects.get(pk=second.pk).status == Execution.Status.RUNNING

@@ -14,6 +14,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ import psutil
 import pytest
 import requests
 
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, processes_with, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -170,6 +171,39 @@ def alive(process: psutil.Process) -> bool:
     return False
 
 
+RUN_ONCE_LONG = (
+    "import os, sys, time\n"
+    "if os.path.exists(sys.argv[2]):\n"
+    "    print('second attempt')\n"
+    "else:\n"
+    "    open(sys.argv[2], 'w').close(); time.sleep(300)\n"
+)
+
+
+class ApiClient:
+    """The REST API of a running `make up`, logged in with a token."""
+
+    def __init__(self, up: Up, username: str, password: str) -> None:
+        self.up = up
+        login = requests.post(
+            up.url("/api/v1/auth/login/"), json={"username": username, "password": password}, timeout=10
+        )
+        assert login.status_code == 200, login.text
+        self.headers = {"Authorization": f"Token {login.json()['token']}"}
+
+    def post(self, path: str, body: dict) -> dict:
+        response = requests.post(self.up.url(path), json=body, headers=self.headers, timeout=10)
+        assert response.status_code in (200, 201), response.text
+        return response.json()
+
+    def statuses(self, job_id: int) -> list[str]:
+        url = self.up.url(f"/api/v1/executions/?job={job_id}&ordering=id")
+        response = requests.get(url, headers=self.headers, timeout=10)
+        assert response.status_code == 200, response.text
+        body = response.json()
+        return [e["status"] for e in body.get("results", body)]
+
+
 def test_make_up_runs_everything_stops_cleanly_and_reuses_its_data(up):
     make = up.start()
     wait_for(
@@ -199,6 +233,17 @@ def test_make_up_runs_everything_stops_cleanly_and_reuses_its_data(up):
     assert re.search(r"^web +\| .*Listening at", up.log(), re.MULTILINE), up.log()
     assert re.search(r"^worker +\| .*ready\.", up.log(), re.MULTILINE), up.log()
 
+    # A run in flight when the worker dies: a shell job whose first attempt would run for minutes.
+    api, run_marker = ApiClient(up, admin_user, admin_password), f"make-up-run-{os.getpid()}"
+    job = api.post("/api/v1/jobs/", {
+        "name": "in flight", "kind": "shell", "max_retries": 1, "retry_backoff_seconds": 1,
+        "retry_jitter": False,
+        "payload": {"command": [sys.executable, "-c", RUN_ONCE_LONG, run_marker, str(up.var / "ran-once")]},
+    })  # fmt: skip
+    api.post(f"/api/v1/jobs/{job['id']}/run/", {})
+    wait_for(lambda: api.statuses(job["id"]) == ["running"] and processes_with(run_marker), 90,
+             what="the run in flight")  # fmt: skip
+
     # SIGKILL the worker: supervisord starts a new one, which answers again; the others keep running.
     pids = {name: supervised_pid(up, name) for name in ("web", "beat", "worker", "flower")}
     assert all(pids.values()), pids
@@ -218,6 +263,11 @@ def test_make_up_runs_everything_stops_cleanly_and_reuses_its_data(up):
     assert make.poll() is None
     # The killed worker's pool processes do not outlive it.
     wait_for(lambda: not any(alive(p) for p in pool), 30, what="the killed worker's pool processes to exit")
+    # The new worker (same name, new incarnation) took over the run: lost at once (its job, which outlived
+    # the pool in its own session, killed first), then retried: one success, and nothing left running.
+    wait_for(lambda: api.statuses(job["id"]) == ["lost", "succeeded"], 90,
+             what=f"the run in flight recovered and retried: {api.statuses(job['id'])}")  # fmt: skip
+    assert not processes_with(run_marker)
 
     # Ctrl-C: the terminal signals the whole foreground group; supervisord stops every program in order.
     os.killpg(make.pid, signal.SIGINT)
