@@ -1,8 +1,14 @@
-"""Reads of the accounts app: a user's roles and permissions."""
+"""Reads of the accounts app: a user's roles and permissions, their browser sessions."""
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any
+
+from django.conf import settings
+from django.contrib.auth import SESSION_KEY
+from django.contrib.sessions.backends.db import SessionStore
+from django.utils import timezone
 
 from accounts import roles
 
@@ -26,3 +32,26 @@ def user_permissions(*, user: Any) -> list[str]:
     if not getattr(user, "is_authenticated", False):
         return []
     return sorted(user.get_all_permissions())
+
+
+def session_store_class() -> type[SessionStore]:
+    """The database session store SESSION_ENGINE names (scheduler_project.sessions)."""
+    store: type[SessionStore] = import_module(settings.SESSION_ENGINE).SessionStore
+    return store
+
+
+def user_session_keys(*, user: Any) -> list[str]:
+    """Keys of the user's unexpired browser sessions.
+
+    The user id lives inside each session's signed data, so every unexpired session is decoded: one pass
+    over rows that only browser logins create, paid by the rare logout-all, and no index to keep in step.
+    """
+    store_class = session_store_class()
+    store = store_class()
+    user_id = user._meta.pk.value_to_string(user)  # how django.contrib.auth.login stores it
+    rows = store_class.get_model_class().objects.filter(expire_date__gt=timezone.now())
+    return [
+        key
+        for key, data in rows.values_list("session_key", "session_data").iterator(chunk_size=2000)
+        if store.decode(data).get(SESSION_KEY) == user_id
+    ]

@@ -114,9 +114,9 @@ class AlertDelivery(models.Model):
 
     class Status(models.TextChoices):
         PENDING = "pending"  # waiting for next_attempt_at
-        SENDING = "sending"  # claimed by one sender
+        SENDING = "sending"  # claimed by one sender (at claimed_at); a lapsed claim goes back to pending
         SENT = "sent"  # delivered
-        FAILED = "failed"  # gave up (attempts exhausted, refused destination, or interrupted mid-send)
+        FAILED = "failed"  # gave up (attempts exhausted, refused destination, message cannot be built)
 
     alert = models.ForeignKey(Alert, on_delete=models.CASCADE, related_name="deliveries")
     event = models.CharField(max_length=16, choices=Event.choices)

@@ -14,6 +14,7 @@ from django.urls import NoReverseMatch, reverse
 from django.views.decorators.http import require_GET
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from accounts.forms import LoginForm
 from accounts.permissions import is_operator
 from monitoring import health
 from monitoring.charts import percent, throughput_svg
@@ -98,9 +99,13 @@ def _context(request: HttpRequest) -> dict[str, Any]:
 
 
 class DashboardLoginView(LoginView):
-    """Session login for the dashboard (any user; the admin's login page admits staff only)."""
+    """Session login for the dashboard (any user; the admin's login page admits staff only).
+
+    Throttled and locked like the API's login (accounts.forms.LoginForm); the URL conf makes a refusal a 429.
+    """
 
     template_name = "monitoring/login.html"
+    authentication_form = LoginForm
     redirect_authenticated_user = True
 
 

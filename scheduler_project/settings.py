@@ -202,9 +202,17 @@ SCHEDULER_BEAT_FLUSH_SECONDS = env.float("SCHEDULER_BEAT_FLUSH_SECONDS", default
 SCHEDULER_BEAT_FULL_SYNC_SECONDS = env.float("SCHEDULER_BEAT_FULL_SYNC_SECONDS", default=300.0)
 SCHEDULER_BEAT_CHANGE_MARGIN_SECONDS = env.float("SCHEDULER_BEAT_CHANGE_MARGIN_SECONDS", default=10.0)
 SCHEDULER_HTTP_ALLOWLIST = env.list("SCHEDULER_HTTP_ALLOWLIST", default=[])
+# Whether python jobs may name the demo handlers (jobs/executors/demo_handlers.py: `crash` kills its worker
+# process, `progress` with no delay spins): on in development and test only.
+SCHEDULER_DEMO_HANDLERS = env.bool("SCHEDULER_DEMO_HANDLERS", default=not PRODUCTION)
 # A slot that starts later than max(this, its interval) is a misfire: the job's misfire policy applies.
 SCHEDULER_MISFIRE_GRACE_SECONDS = env.float("SCHEDULER_MISFIRE_GRACE_SECONDS", default=60.0)
 SCHEDULER_ALLOW_SHELL_JOBS = env.bool("SCHEDULER_ALLOW_SHELL_JOBS", default=True)
+# The user shell jobs run as when the worker runs as root (empty: the worker's own user). Tests run their
+# jobs as the worker's user, except those that check the isolation (they name the user).
+SCHEDULER_SHELL_USER = env.str("SCHEDULER_SHELL_USER", default="" if ENVIRONMENT == "test" else "nobody")
+# At most this many processes for the shell user (RLIMIT_NPROC; a fork bomb stops there; 0: no limit).
+SCHEDULER_SHELL_MAX_PROCESSES = env.int("SCHEDULER_SHELL_MAX_PROCESSES", default=256)
 SCHEDULER_FLOWER_URL = env.str("SCHEDULER_FLOWER_URL", default="http://127.0.0.1:5555/")
 # --- Monitoring (monitoring app): output capture, retention, metrics, alerts ---------------------
 # Captured output kept per execution (characters); past it the oldest chunks are dropped.

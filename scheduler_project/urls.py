@@ -4,6 +4,8 @@ from django.urls import URLPattern, URLResolver, include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 from rest_framework.permissions import AllowAny
 
+from accounts.forms import StaffLoginForm
+from accounts.views import admin_login, login_refusal_status
 from monitoring.views import DashboardLoginView, dashboard, dashboard_fragment, healthz, metrics, readyz
 
 api_v1: list[URLPattern | URLResolver] = [
@@ -20,7 +22,11 @@ api_v1: list[URLPattern | URLResolver] = [
     ),
 ]
 
+# Session logins check passwords like POST auth/login/: one throttle and lockout (accounts.services).
+admin.site.login_form = StaffLoginForm
+
 urlpatterns = [
+    path("admin/login/", admin_login),  # before the admin's own route, which it wraps (429 when refused)
     path("admin/", admin.site.urls),
     path("api/v1/", include(api_v1)),
     path("healthz", healthz, name="healthz"),
@@ -28,7 +34,7 @@ urlpatterns = [
     path("metrics", metrics, name="metrics"),
     path("dashboard/", dashboard, name="dashboard"),
     path("dashboard/fragment/", dashboard_fragment, name="dashboard-fragment"),
-    path("dashboard/login/", DashboardLoginView.as_view(), name="dashboard-login"),
+    path("dashboard/login/", login_refusal_status(DashboardLoginView.as_view()), name="dashboard-login"),
     path("dashboard/logout/", LogoutView.as_view(next_page="dashboard-login"), name="dashboard-logout"),
 ]
 

@@ -21,7 +21,13 @@ import time
 from typing import Any
 
 from celery import bootsteps
-from celery.signals import task_postrun, task_prerun, worker_shutdown, worker_shutting_down
+from celery.signals import (
+    task_postrun,
+    task_prerun,
+    worker_process_init,
+    worker_shutdown,
+    worker_shutting_down,
+)
 from django.conf import settings
 from django.db import DatabaseError, close_old_connections, connection, connections, transaction
 from psycopg.pq import TransactionStatus
@@ -34,7 +40,7 @@ from nodes.services import node_mark_offline
 from .heartbeat import Heartbeat
 from .identity import capacity, node_name_set, node_register_self
 from .liveness import takeover_at_start
-from .processes import leftovers_kill
+from .processes import leftovers_kill, subreaper_become
 
 logger = logging.getLogger(__name__)
 _state: dict[str, Any] = {"name": None, "incarnation": None, "heartbeat": None}
@@ -62,6 +68,12 @@ class NodeStep(bootsteps.StartStopStep):
         thread = Heartbeat(name, settings.SCHEDULER_HEARTBEAT_SECONDS, cpu, incarnation=_state["incarnation"])
         _state["heartbeat"] = thread
         thread.start()
+
+
+@worker_process_init.connect
+def _pool_process_init(**kwargs: Any) -> None:
+    """A prefork pool process runs one job at a time: it reaps (and kills) what its jobs leave behind."""
+    subreaper_become()
 
 
 @task_postrun.connect

@@ -9,11 +9,18 @@ under the same name, or by the pool process that receives the redelivered messag
 kills that group and every process still carrying the key (a job that called setsid left the group, not
 its environment), and answers whether they are gone. An attempt whose processes cannot be proven gone
 stays running until they are, or until its node is declared offline.
+
+A pool process is a child subreaper (prctl PR_SET_CHILD_SUBREAPER): what a job started and left behind
+(`setsid sleep 97 &`) becomes its child when the job's own process exits, and `run_end` kills every
+descendant once the job's group is gone (a prefork pool process runs one job at a time; elsewhere only the
+descendants carrying the run's key are killed).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import logging
 import os
@@ -28,6 +35,45 @@ from django.conf import settings
 logger = logging.getLogger(__name__)
 RUN_KEY_ENV = "SCHEDULER_RUN_KEY"
 KILL_ROUNDS = 5  # a job forking while it is killed: look again, up to this many times
+PR_SET_CHILD_SUBREAPER = 36
+_state = {"reaper": False}
+
+
+def subreaper_become() -> bool:
+    """Make this process (a pool process, one run at a time) the reaper of its orphaned descendants."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        _state["reaper"] = libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        _state["reaper"] = False
+    if not _state["reaper"]:
+        logger.warning("cannot become a child subreaper: processes that leave a job's group may outlive it")
+    return _state["reaper"]
+
+
+def _carries(proc: psutil.Process, key: str) -> bool:
+    with contextlib.suppress(psutil.Error):
+        return proc.environ().get(RUN_KEY_ENV) == key
+    return False
+
+
+def run_end(claim_token: uuid.UUID) -> None:
+    """The executor killed and reaped the job's process group: kill whatever the job left outside it."""
+    key = run_key(claim_token)
+    me = psutil.Process()
+    for _ in range(KILL_ROUNDS):
+        try:
+            left = [p for p in me.children(recursive=True) if _state["reaper"] or _carries(p, key)]
+        except psutil.Error:
+            break
+        if not left:
+            break
+        for proc in left:
+            with contextlib.suppress(psutil.Error):
+                proc.kill()
+        psutil.wait_procs(left, timeout=2)  # reaps those that are our children now
+        logger.warning("killed %d process(es) a job left outside its process group", len(left))
+    run_forget(claim_token)
 
 
 def run_key(claim_token: uuid.UUID) -> str:
@@ -71,12 +117,14 @@ def _recorded_leader(path: Path) -> psutil.Process | None:
 
 
 def _carriers(key: str) -> list[psutil.Process]:
-    """The processes of this user whose environment carries the run key."""
+    """The processes whose environment carries the run key (of this user; of any user, as root, since jobs
+    then run as SCHEDULER_SHELL_USER)."""
     uid = os.getuid()
     found = []
     for proc in psutil.process_iter(["uids"]):
         try:
-            if proc.info["uids"] is None or proc.info["uids"].real != uid or proc.pid == os.getpid():
+            uids = proc.info["uids"]
+            if uids is None or (uid != 0 and uids.real != uid) or proc.pid == os.getpid():
                 continue
             if proc.environ().get(RUN_KEY_ENV) == key and proc.status() != psutil.STATUS_ZOMBIE:
                 found.append(proc)

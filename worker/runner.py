@@ -37,7 +37,7 @@ from monitoring.services import ExecutionLogWriter
 
 from .dbretry import DB_UNAVAILABLE, best_effort, db_retry
 from .identity import current_incarnation, current_node_name
-from .processes import RUN_KEY_ENV, leftovers_kill, run_forget, run_key, run_record
+from .processes import RUN_KEY_ENV, leftovers_kill, run_end, run_key, run_record
 
 logger = logging.getLogger(__name__)
 CHECK_SECONDS = 0.9  # cancellation checks, output and progress stores, at most this often
@@ -121,7 +121,7 @@ class ClaimControl:
         run_record(self.claim_token, pid)
 
     def process_ended(self) -> None:
-        run_forget(self.claim_token)
+        run_end(self.claim_token)
 
 
 def execution_run(*, execution_id: int) -> str | None:

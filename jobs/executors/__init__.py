@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import (
-    demo_handlers,  # noqa: F401 - registers the demo python handlers
+    demo_handlers,  # noqa: F401 - registers the demo handlers (usable with SCHEDULER_DEMO_HANDLERS)
     http,
     python,
     shell,

@@ -1,15 +1,29 @@
-"""The `shell` executor: an argv list run with no shell, in its own process group, killed at the timeout."""
+"""The `shell` executor: an argv list run with no shell, in its own process group, killed at the timeout.
+
+When the worker runs as root, the job runs as SCHEDULER_SHELL_USER (default `nobody`), with no
+supplementary groups, umask 077 and at most SCHEDULER_SHELL_MAX_PROCESSES processes of that user: it
+cannot read the worker's environment (/proc/<pid>/environ is its owner's only) nor the files under var/.
+Every run gets a fresh empty working directory (also its HOME and TMPDIR), removed afterwards, unless the
+payload names a `cwd`.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 import re
+import resource
+import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from typing import IO, Any
+
+from django.conf import settings
 
 from .base import LocalControl, Outcome, OutputTail, RunControl, clamp_progress, payload_envelope_errors
 
@@ -50,6 +64,42 @@ def job_environment(payload_env: dict[str, str], execution_id: int | None) -> di
     if execution_id is not None:
         env["SCHEDULER_EXECUTION_ID"] = str(execution_id)
     return env
+
+
+@dataclass(frozen=True)
+class JobUser:
+    """Who a shell job runs as when it is not the worker's own user."""
+
+    name: str
+    uid: int
+    gid: int
+
+
+def job_user() -> JobUser | None:
+    """SCHEDULER_SHELL_USER when the worker runs as root; None: the job runs as the worker's user."""
+    name = settings.SCHEDULER_SHELL_USER
+    if not name or os.geteuid() != 0:
+        return None
+    try:
+        entry = pwd.getpwnam(name)
+    except KeyError:
+        raise ValueError(f"SCHEDULER_SHELL_USER {name!r} is not a user on this host") from None
+    return JobUser(name=name, uid=entry.pw_uid, gid=entry.pw_gid)
+
+
+def _limits(max_processes: int) -> Any:
+    def apply() -> None:  # runs in the child, after it became the job's user
+        if max_processes > 0:
+            resource.setrlimit(resource.RLIMIT_NPROC, (max_processes, max_processes))
+
+    return apply
+
+
+def _workdir(user: JobUser | None) -> str:
+    path = tempfile.mkdtemp(prefix="scheduler-job-")
+    if user is not None:
+        os.chown(path, user.uid, user.gid)
+    return path
 
 
 class _Pump(threading.Thread):
@@ -105,17 +155,51 @@ def run(
     env = job_environment(payload.get("env", {}), execution_id)
     env.update(getattr(control, "process_env", dict)())
     try:
+        user = job_user()
+    except ValueError as exc:
+        return Outcome(status="failed", error=str(exc))
+    workdir = None if payload.get("cwd") else _workdir(user)
+    if workdir is not None:
+        env.update(HOME=workdir, TMPDIR=workdir)
+    try:
+        return _run(payload, env, user, workdir, timeout=timeout, control=control, tail=tail)
+    finally:
+        if workdir is not None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def _run(
+    payload: dict[str, Any],
+    env: dict[str, str],
+    user: JobUser | None,
+    workdir: str | None,
+    *,
+    timeout: float,
+    control: RunControl,
+    tail: OutputTail,
+) -> Outcome:
+    as_user: dict[str, Any] = {}
+    if user is not None:
+        as_user = {
+            "user": user.uid,
+            "group": user.gid,
+            "extra_groups": [],
+            "umask": 0o077,
+            "preexec_fn": _limits(settings.SCHEDULER_SHELL_MAX_PROCESSES),
+        }
+    try:
         proc = subprocess.Popen(
             payload["command"],
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
-            cwd=payload.get("cwd"),
+            cwd=payload.get("cwd") or workdir,
             env=env,
             start_new_session=True,  # its own process group, so the whole tree can be killed
             close_fds=True,
+            **as_user,
         )
-    except OSError as exc:
+    except (OSError, subprocess.SubprocessError) as exc:
         return Outcome(status="failed", error=f"cannot start {payload['command'][0]!r}: {exc}")
     assert proc.stdout is not None  # noqa: S101 - stdout=PIPE above
     started, ended = getattr(control, "process_started", None), getattr(control, "process_ended", None)

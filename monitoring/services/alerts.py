@@ -9,16 +9,18 @@ from typing import Any
 from django.conf import settings
 from django.core.exceptions import ValidationError
 from django.db import IntegrityError, InterfaceError, OperationalError, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from jobs.models import Job
-from monitoring.channels import DeliveryError, channel_send, target_error
+from monitoring.channels import DeliveryError, channel_send, log_text, send_timeout_seconds, target_error
 from monitoring.conditions import JOB_KINDS, Incident, incidents_for, params_clean
 from monitoring.models import Alert, AlertDelivery, AlertRule
 
 logger = logging.getLogger(__name__)
 RULE_FIELDS = ("name", "kind", "params", "channel", "target", "enabled", "job")
-STALE_SENDING = timedelta(minutes=10)
+MIN_SENDING_LEASE = timedelta(minutes=2)
+INTERRUPTED = "the sender stopped while sending (died or lost the database); it may have arrived"
 
 
 def _rule_validate(rule: AlertRule) -> None:
@@ -86,7 +88,7 @@ def _alert_fire(rule: AlertRule, key: str, incident: Incident, now: datetime) ->
             AlertDelivery.objects.create(alert=alert, event=AlertDelivery.Event.FIRED, next_attempt_at=now)
     except IntegrityError:
         return False  # another evaluator fired this incident first
-    logger.info("alert %s fired: %s", alert.pk, incident.summary)
+    logger.info("alert %s fired: %s", alert.pk, log_text(incident.summary))
     return True
 
 
@@ -153,48 +155,107 @@ def backoff_seconds(attempts: int) -> float:
     return min(base * 2 ** max(attempts - 1, 0), float(settings.SCHEDULER_ALERT_BACKOFF_MAX_SECONDS))
 
 
+def sending_lease() -> timedelta:
+    """How long a claim (`sending`) holds: far past what a live send takes, so only a dead sender's lapses."""
+    return max(MIN_SENDING_LEASE, timedelta(seconds=10 * send_timeout_seconds()))
+
+
+def _delivery_claim(delivery_id: int, now: datetime) -> datetime | None:
+    """pending -> sending, or None; a row another transaction holds locked is skipped, never waited for."""
+    claimed_at = timezone.now()
+    with transaction.atomic():
+        due = AlertDelivery.objects.filter(
+            pk=delivery_id, status=AlertDelivery.Status.PENDING, next_attempt_at__lte=now
+        ).select_for_update(skip_locked=True)
+        claimed = AlertDelivery.objects.filter(pk__in=due.values("pk")).update(
+            status=AlertDelivery.Status.SENDING, claimed_at=claimed_at
+        )
+    return claimed_at if claimed else None
+
+
+def _attempt_failed(
+    delivery_id: int,
+    claimed_at: datetime | None,
+    attempts: int,
+    reason: str,
+    *,
+    permanent: bool,
+    retry_at: datetime,
+) -> str | None:
+    """Record a failed attempt of the claim `claimed_at`: pending again (retry_at), or failed when final."""
+    final = permanent or attempts >= settings.SCHEDULER_ALERT_MAX_ATTEMPTS
+    status = AlertDelivery.Status.FAILED if final else AlertDelivery.Status.PENDING
+    # claimed_at fences the claim: a sender whose claim lapsed and was taken over changes nothing.
+    if not AlertDelivery.objects.filter(
+        pk=delivery_id, status=AlertDelivery.Status.SENDING, claimed_at=claimed_at
+    ).update(
+        status=status, attempts=attempts, last_error=log_text(reason, limit=2000), next_attempt_at=retry_at
+    ):
+        return None
+    logger.warning(
+        "alert delivery %s attempt %d failed (%s): %s", delivery_id, attempts, status, log_text(reason)
+    )
+    return status
+
+
+def _delivery_sent(delivery_id: int, claimed_at: datetime, attempts: int) -> None:
+    # It went out: record that, unless another sender holds a newer claim (it sends and records it itself).
+    AlertDelivery.objects.filter(pk=delivery_id).exclude(status=AlertDelivery.Status.SENT).exclude(
+        Q(status=AlertDelivery.Status.SENDING) & ~Q(claimed_at=claimed_at)
+    ).update(status=AlertDelivery.Status.SENT, attempts=attempts, sent_at=timezone.now(), last_error="")
+
+
 def delivery_send(*, delivery_id: int, now: datetime | None = None) -> str | None:
     """Claim one due delivery and send it; returns its new status (None: not due or someone else's)."""
     now = now or timezone.now()
-    claimed = AlertDelivery.objects.filter(
-        pk=delivery_id, status=AlertDelivery.Status.PENDING, next_attempt_at__lte=now
-    ).update(status=AlertDelivery.Status.SENDING, claimed_at=now)
-    if not claimed:
+    claimed_at = _delivery_claim(delivery_id, now)
+    if claimed_at is None:
         return None
-    delivery = AlertDelivery.objects.select_related("alert__rule").get(pk=delivery_id)
+    delivery = AlertDelivery.objects.select_related("alert__rule").filter(pk=delivery_id).first()
+    if delivery is None:
+        return None  # deleted with its rule since the claim
     attempts = delivery.attempts + 1
     try:
         channel_send(rule=delivery.alert.rule, payload=_payload(delivery, now))
     except DeliveryError as exc:
-        final = exc.permanent or attempts >= settings.SCHEDULER_ALERT_MAX_ATTEMPTS
-        status = AlertDelivery.Status.FAILED if final else AlertDelivery.Status.PENDING
-        AlertDelivery.objects.filter(pk=delivery_id, status=AlertDelivery.Status.SENDING).update(
-            status=status,
-            attempts=attempts,
-            last_error=str(exc)[:2000],
-            next_attempt_at=timezone.now() + timedelta(seconds=backoff_seconds(attempts)),
+        retry_at = timezone.now() + timedelta(seconds=backoff_seconds(attempts))
+        return _attempt_failed(
+            delivery_id, claimed_at, attempts, str(exc), permanent=exc.permanent, retry_at=retry_at
         )
-        logger.warning("alert delivery %s attempt %d failed: %s", delivery_id, attempts, exc)
-        return status
-    AlertDelivery.objects.filter(pk=delivery_id).update(
-        status=AlertDelivery.Status.SENT, attempts=attempts, sent_at=timezone.now(), last_error=""
-    )
+    _delivery_sent(delivery_id, claimed_at, attempts)
     return AlertDelivery.Status.SENT
 
 
-def deliveries_send(*, limit: int = 50, now: datetime | None = None) -> int:
-    """Send due deliveries (oldest first); returns how many went out."""
+def deliveries_reclaim(*, now: datetime | None = None) -> int:
+    """Put back the deliveries whose sender died mid-send (claim older than the lease), the attempt counted:
+    at least once, so one may arrive twice; returns how many."""
     now = now or timezone.now()
-    # A sender that died mid-send may or may not have delivered: never send twice, report it instead.
-    AlertDelivery.objects.filter(
-        status=AlertDelivery.Status.SENDING, claimed_at__lt=now - STALE_SENDING
-    ).update(
-        status=AlertDelivery.Status.FAILED,
-        last_error="interrupted while sending; not retried (may have arrived)",
+    stale = AlertDelivery.objects.filter(
+        status=AlertDelivery.Status.SENDING, claimed_at__lt=now - sending_lease()
+    ).values_list("pk", "claimed_at", "attempts")
+    # The lease was the wait: due again at once (one that kills its sender every time still ends failed).
+    return sum(
+        _attempt_failed(pk, claimed_at, attempts + 1, INTERRUPTED, permanent=False, retry_at=now) is not None
+        for pk, claimed_at, attempts in stale
     )
+
+
+def deliveries_send(*, limit: int = 50, now: datetime | None = None) -> int:
+    """Send due deliveries (oldest first), each on its own: one that fails does not hold up the others;
+    returns how many went out."""
+    now = now or timezone.now()
+    deliveries_reclaim(now=now)
     ids = list(
         AlertDelivery.objects.filter(status=AlertDelivery.Status.PENDING, next_attempt_at__lte=now)
         .order_by("next_attempt_at", "pk")
         .values_list("pk", flat=True)[:limit]
     )
-    return sum(delivery_send(delivery_id=pk, now=now) == AlertDelivery.Status.SENT for pk in ids)
+    sent = 0
+    for pk in ids:
+        try:
+            sent += delivery_send(delivery_id=pk, now=now) == AlertDelivery.Status.SENT
+        except (OperationalError, InterfaceError):
+            raise  # the database went away: no other delivery can be recorded either; the next tick does it
+        except Exception:  # a bug around one delivery: its claim lapses and is retried; the others go on
+            logger.exception("alert delivery %s could not be sent", pk)
+    return sent

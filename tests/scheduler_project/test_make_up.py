@@ -14,7 +14,6 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -171,13 +170,9 @@ def alive(process: psutil.Process) -> bool:
     return False
 
 
-RUN_ONCE_LONG = (
-    "import os, sys, time\n"
-    "if os.path.exists(sys.argv[2]):\n"
-    "    print('second attempt')\n"
-    "else:\n"
-    "    open(sys.argv[2], 'w').close(); time.sleep(300)\n"
-)
+# A shell job whose first attempt would run for minutes; the flag lives in /tmp, writable by the user the
+# job runs as (`nobody` when the worker is root), and the marker is in the shell's argv.
+RUN_ONCE_LONG = 'if [ -e "$1" ]; then echo second attempt; else : > "$1"; sleep 300; fi'
 
 
 class ApiClient:
@@ -235,10 +230,12 @@ def test_make_up_runs_everything_stops_cleanly_and_reuses_its_data(up):
 
     # A run in flight when the worker dies: a shell job whose first attempt would run for minutes.
     api, run_marker = ApiClient(up, admin_user, admin_password), f"make-up-run-{os.getpid()}"
+    flag = up.var.parent / "ran-once"
+    up.var.parent.chmod(0o1777)  # the job's user writes its flag there
     job = api.post("/api/v1/jobs/", {
         "name": "in flight", "kind": "shell", "max_retries": 1, "retry_backoff_seconds": 1,
         "retry_jitter": False,
-        "payload": {"command": [sys.executable, "-c", RUN_ONCE_LONG, run_marker, str(up.var / "ran-once")]},
+        "payload": {"command": ["sh", "-c", RUN_ONCE_LONG, "sh", str(flag), run_marker]},
     })  # fmt: skip
     api.post(f"/api/v1/jobs/{job['id']}/run/", {})
     wait_for(lambda: api.statuses(job["id"]) == ["running"] and processes_with(run_marker), 90,
