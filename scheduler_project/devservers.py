@@ -297,6 +297,7 @@ def up_environment(urls: dict[str, str]) -> dict[str, str]:
     )
     lines = ["# Written by `make up` (scheduler_project/devservers.py) on every run; edit the environment."]
     lines += [f"{key}={value}" for key, value in values.items()]
+    VAR.mkdir(parents=True, exist_ok=True)  # with every server and secret configured, nothing made it yet
     env_file = VAR / "env"
     env_file.touch(mode=0o600)
     env_file.write_text("\n".join(lines) + "\n")
