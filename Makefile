@@ -24,16 +24,20 @@ venv-dev: $(VENV)/.installed-dev
 
 ## make up: embedded or configured PostgreSQL + Redis, migrate, admin user, then web, beat, worker, flower
 ## under supervisord (config generated from the Procfile; a process that dies is restarted). Ctrl-C stops
-## the four processes; embedded servers keep running for a fast restart (`make stop`).
+## the four processes, then the embedded servers (they start again in about a second).
 up: venv
-	@exports="$$($(PY) -m scheduler_project.devservers env up)"; \
+	@exports="$$($(PY) -m scheduler_project.devservers env up)" || { $(PY) -m scheduler_project.devservers stop; exit 1; }; \
 	eval "$$exports"; \
-	$(PY) manage.py migrate --no-input -v 0; \
-	$(PY) manage.py ensure_admin; \
-	$(PY) -m scheduler_project.devservers banner; \
-	export PATH="$(CURDIR)/$(VENV)/bin:$$PATH"; \
-	conf="$$($(PY) -m scheduler_project.supervise config)"; \
-	exec $(VENV)/bin/supervisord --nodaemon --configuration "$$conf"
+	trap '' INT TERM; \
+	$(PY) manage.py migrate --no-input -v 0 && \
+	$(PY) manage.py ensure_admin && \
+	$(PY) -m scheduler_project.devservers banner && \
+	export PATH="$(CURDIR)/$(VENV)/bin:$$PATH" && \
+	conf="$$($(PY) -m scheduler_project.supervise config)" && \
+	$(VENV)/bin/supervisord --nodaemon --configuration "$$conf"; \
+	status=$$?; \
+	$(PY) -m scheduler_project.devservers stop; \
+	exit $$status
 
 ## make browser: Debian's chromium + chromium-driver for the dashboard's browser test (apt-get only if absent).
 browser:

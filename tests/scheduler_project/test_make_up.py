@@ -118,6 +118,14 @@ def up() -> Iterator[Up]:
     shutil.rmtree(var.parent, ignore_errors=True)
 
 
+def port_answers(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
 def get(url: str, **kwargs) -> requests.Response | None:
     try:
         return requests.get(url, timeout=5, **kwargs)
@@ -273,8 +281,10 @@ def test_make_up_runs_everything_stops_cleanly_and_reuses_its_data(up):
     assert status(up.url("/healthz")) is None
     assert "Warm shutdown" in up.log()  # the worker was asked to stop, not killed
     assert "stopped: worker (exit status 0)" in up.log()
-    # The embedded servers are daemons that outlive Ctrl-C (documented; `make stop` stops them).
-    socket.create_connection(("127.0.0.1", up.ports["pg"]), timeout=5).close()
+    # Ctrl-C stops what make up started, the embedded servers too: nothing is left holding a port.
+    for server in ("pg", "redis"):
+        port = up.ports[server]
+        wait_for(lambda port=port: not port_answers(port), 30, what=f"the embedded {server} to stop")
 
     # Again, on the same data: no new admin, the old password still logs in.
     make = up.start()
