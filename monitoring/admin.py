@@ -1,4 +1,8 @@
-"""Admin for alert rules and alert history; links the dashboard from the admin's index and "View site"."""
+"""Admin for alert rules and alert history; links the dashboard from the admin's index and "View site".
+
+Alert rules and alerts are not anyone's: as in the API, only operators and admins see them (and only those
+whose group holds the monitoring permissions, which accounts.roles grants the admin role).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from typing import Any
 from django.contrib import admin
 from django.http import HttpRequest
 
+from accounts import roles
+from accounts.admin_scoping import RoleScopedAdmin
 from monitoring.models import Alert, AlertDelivery, AlertRule
 
 # The admin's index shows a link to the dashboard; "View site" on every admin page opens it too.
@@ -15,7 +21,8 @@ admin.site.site_url = "/dashboard/"
 
 
 @admin.register(AlertRule)
-class AlertRuleAdmin(admin.ModelAdmin):
+class AlertRuleAdmin(RoleScopedAdmin):
+    read_roles = roles.OPERATOR_ROLES
     list_display = ["name", "kind", "channel", "target", "job", "enabled", "updated_at"]
     list_filter = ["kind", "channel", "enabled"]
     search_fields = ["name", "target"]
@@ -35,7 +42,8 @@ class AlertDeliveryInline(admin.TabularInline):
 
 
 @admin.register(Alert)
-class AlertAdmin(admin.ModelAdmin):
+class AlertAdmin(RoleScopedAdmin):
+    read_roles = roles.OPERATOR_ROLES
     list_display = ["id", "rule", "incident_key", "state", "summary", "fired_at", "resolved_at"]
     list_filter = ["state", "rule__kind"]
     search_fields = ["incident_key", "summary"]

@@ -1,4 +1,8 @@
-"""Admin for nodes (usage columns, drain/undrain actions) and the read-only allocation history."""
+"""Admin for nodes (usage columns, drain/undrain actions) and the read-only allocation history.
+
+As in the API, anyone may look at nodes and only operators drain or undrain them; allocations are scoped
+by their execution's job owner (operators and admins: all).
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ from django.contrib import admin, messages
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from accounts import roles
+from accounts.admin_scoping import RoleScopedAdmin
 from nodes.models import Node, ResourceAllocation
 from nodes.placement import format_labels
 from nodes.selectors import nodes_with_usage
@@ -15,7 +21,8 @@ from nodes.services import node_drain, node_undrain
 
 
 @admin.register(Node)
-class NodeAdmin(admin.ModelAdmin):
+class NodeAdmin(RoleScopedAdmin):
+    write_roles = roles.OPERATOR_ROLES
     list_display = [
         "name",
         "status",
@@ -72,12 +79,12 @@ class NodeAdmin(admin.ModelAdmin):
     def running_column(self, node: Any) -> int:
         return node.running
 
-    @admin.action(description="Drain: take no new work, finish what runs")
+    @admin.action(description="Drain: take no new work, finish what runs", permissions=["change"])
     def drain(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
         changed = sum(node_drain(name=name) for name in queryset.values_list("name", flat=True))
         self.message_user(request, f"{changed} node(s) draining (only online nodes can be drained).")
 
-    @admin.action(description="Undrain: take new work again")
+    @admin.action(description="Undrain: take new work again", permissions=["change"])
     def undrain(self, request: HttpRequest, queryset: QuerySet[Node]) -> None:
         changed = sum(node_undrain(name=name) for name in queryset.values_list("name", flat=True))
         level = messages.SUCCESS if changed else messages.WARNING
@@ -85,7 +92,8 @@ class NodeAdmin(admin.ModelAdmin):
 
 
 @admin.register(ResourceAllocation)
-class ResourceAllocationAdmin(admin.ModelAdmin):
+class ResourceAllocationAdmin(RoleScopedAdmin):
+    owner_field = "execution__job__owner"
     list_display = ["id", "node", "execution", "cpu", "memory_mb", "allocated_at", "released_at", "is_active"]
     list_filter = [("released_at", admin.EmptyFieldListFilter), "node"]
     list_select_related = ["node", "execution"]

@@ -1,4 +1,8 @@
-"""Execution, JobRetry and DeadLetter admin: read-only history, cancel and replay actions."""
+"""Execution, JobRetry and DeadLetter admin: read-only history, cancel and replay actions.
+
+Rows are scoped by their job's owner (accounts.admin_scoping), as the API scopes them; each action needs
+what the API needs: cancel and replay the submitter role (on their own rows), discard an operator.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +14,18 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.html import format_html
 
+from accounts import roles
+from accounts.admin_scoping import RoleScopedAdmin
+
 from ..models import DeadLetter, Execution, JobRetry
 from ..services import dead_letter_discard, dead_letter_replay, execution_cancel
 
 
-class ReadOnlyAdmin(admin.ModelAdmin):
-    """History: looked at, changed only through actions (which call services)."""
+class ReadOnlyAdmin(RoleScopedAdmin):
+    """A job's history: seen by its owner (and operators), changed only through actions (services)."""
+
+    owner_field = "job__owner"
+    write_roles = roles.SUBMIT_ROLES
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
@@ -42,7 +52,7 @@ class ExecutionAdmin(ReadOnlyAdmin):
         "exit_code",
         "progress",
     ]
-    list_filter = ["status", "trigger", "node", "job"]
+    list_filter = ["status", "trigger", "node", ("job", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["job__name", "error", "=id"]
     list_select_related = ["job", "node"]
     date_hierarchy = "created_at"
@@ -57,7 +67,7 @@ class ExecutionAdmin(ReadOnlyAdmin):
             "{}<pre style='white-space: pre-wrap'>{}</pre>", note, execution.output or "(none)"
         )
 
-    @admin.action(description="Cancel (a running one is killed)")
+    @admin.action(description="Cancel (a running one is killed)", permissions=["change"])
     def cancel(self, request: HttpRequest, queryset: QuerySet[Execution]) -> None:
         done = sum(
             execution_cancel(execution_id=pk, reason=f"cancelled by {request.user} in the admin")
@@ -85,7 +95,7 @@ class DeadLetterAdmin(ReadOnlyAdmin):
     list_select_related = ["job", "execution"]
     actions = ["replay", "discard"]
 
-    @admin.action(description="Replay (a fresh execution)")
+    @admin.action(description="Replay (a fresh execution)", permissions=["replay"])
     def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         for dead in queryset:
             try:
@@ -95,10 +105,13 @@ class DeadLetterAdmin(ReadOnlyAdmin):
                 continue
             self.message_user(request, f"dead letter {dead.pk} replayed as execution {execution.pk}")
 
-    @admin.action(description="Discard")
+    @admin.action(description="Discard", permissions=["discard"])
     def discard(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
         done = sum(dead_letter_discard(dead_letter_id=pk) for pk in queryset.values_list("pk", flat=True))
         self.message_user(request, f"{done} dead letter(s) discarded")
 
-    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        return obj is None and super(ReadOnlyAdmin, self).has_change_permission(request, obj)
+    def has_replay_permission(self, request: HttpRequest) -> bool:
+        return self.allows(request, roles.SUBMIT_ROLES, "jobs.add_execution")
+
+    def has_discard_permission(self, request: HttpRequest) -> bool:
+        return self.allows(request, roles.OPERATOR_ROLES, "jobs.change_deadletter")

@@ -86,6 +86,8 @@ class JobAdminForm(forms.ModelForm):
                 self._job_data(), schedule=self._schedule_data(), check_schedule=self._schedule_changed()
             )
             shell_permission_check(user=self.request_user, kind=cleaned.get("kind", ""))
+            if not self.instance.pk:  # job_create checks the owner: say so on the form, not with a 403
+                shell_permission_check(user=self._owner(), kind=cleaned.get("kind", ""))
         except ValidationError as exc:
             for field, messages in exc.message_dict.items():
                 target = field.split(".", 1)[-1] if field.startswith("schedule.") else field.split(".", 1)[0]
@@ -96,6 +98,10 @@ class JobAdminForm(forms.ModelForm):
             self.add_error("kind", str(exc))
         return cleaned
 
+    def _owner(self) -> Any:
+        # JobAdmin shows the owner as a field to operators only; everyone else submits for themselves.
+        return self.cleaned_data.get("owner") if "owner" in self.fields else self.request_user
+
     def save(self, commit: bool = True) -> Job:
         data = self._job_data()
         if self.instance.pk:
@@ -104,7 +110,7 @@ class JobAdminForm(forms.ModelForm):
                 changes["schedule"] = self._schedule_data()
             job = job_update(job=self.instance, actor=self.request_user, **changes)
         else:
-            job = job_create(owner=self.cleaned_data["owner"], schedule=self._schedule_data(), **data)
+            job = job_create(owner=self._owner(), schedule=self._schedule_data(), **data)
         self.instance = job
         self.save_m2m = lambda: None  # type: ignore[method-assign]  # no m2m fields; the admin calls it
         return job

@@ -1,15 +1,25 @@
-"""Job and JobSchedule admin: the form saves through the services; run now, pause, resume actions."""
+"""Job and JobSchedule admin: the form saves through the services; run now, pause, resume actions.
+
+As in the API, a job is its owner's (operators and admins: everyone's); writes need the submitter role,
+"Run now" re-checks jobs.run_shell on each shell job, and only operators choose a new job's owner.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from django.contrib import admin, messages
+from django.core.exceptions import PermissionDenied, ValidationError
 from django.db.models import QuerySet
 from django.http import HttpRequest
 
+from accounts import roles
+from accounts.admin_scoping import RoleScopedAdmin
+from accounts.permissions import is_operator
+
 from ..models import Execution, Job, JobSchedule
-from ..services import job_delete, job_pause, job_resume, job_trigger
+from ..services import job_delete, job_pause, job_resume, job_trigger, shell_permission_check
 from .executions import ReadOnlyAdmin
 from .forms import JobAdminForm
 
@@ -38,7 +48,9 @@ class ExecutionInline(admin.TabularInline):
 
 
 @admin.register(Job)
-class JobAdmin(admin.ModelAdmin):
+class JobAdmin(RoleScopedAdmin):
+    owner_field = "owner"
+    write_roles = roles.SUBMIT_ROLES
     form = JobAdminForm
     list_display = ["id", "name", "kind", "status", "owner", "priority", "schedule_text", "next_run"]
     list_filter = ["status", "kind", "concurrency_policy"]
@@ -81,6 +93,13 @@ class JobAdmin(admin.ModelAdmin):
         ("History", {"fields": ["created_at", "updated_at"]}),
     ]
 
+    def get_readonly_fields(self, request: HttpRequest, obj: Job | None = None) -> Any:
+        fields = list(super().get_readonly_fields(request, obj))
+        # job_update keeps the owner; on add, anyone but an operator submits for themselves.
+        if obj is not None or not is_operator(request.user):
+            fields.append("owner")
+        return fields
+
     def get_form(
         self, request: HttpRequest, obj: Job | None = None, change: bool = False, **kwargs: Any
     ) -> Any:
@@ -98,6 +117,12 @@ class JobAdmin(admin.ModelAdmin):
         for job in queryset:
             job_delete(job=job)
 
+    def get_deleted_objects(self, objs: Iterable[Job], request: HttpRequest) -> Any:
+        # Deleting archives (job_delete): executions and the rest of the history stay, so none is listed
+        # and no permission to delete them is needed.
+        jobs = list(objs)
+        return [str(job) for job in jobs], {Job._meta.verbose_name_plural: len(jobs)}, set(), []
+
     @admin.display(description="schedule")
     def schedule_text(self, job: Job) -> str:
         schedule = getattr(job, "schedule", None)
@@ -108,29 +133,41 @@ class JobAdmin(admin.ModelAdmin):
         schedule = getattr(job, "schedule", None)
         return schedule.next_run_at if schedule else None
 
-    @admin.action(description="Run now")
+    @admin.action(description="Run now", permissions=["run"])
     def run_now(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         for job in queryset:
             if job.status == Job.Status.ARCHIVED:
                 self.message_user(request, f"{job} is archived", messages.WARNING)
                 continue
-            execution = job_trigger(job=job)
+            try:
+                shell_permission_check(user=request.user, kind=job.kind)  # job_trigger does not check it
+                execution = job_trigger(job=job)
+            except (PermissionDenied, ValidationError) as exc:
+                self.message_user(request, f"{job}: {_reason(exc)}", messages.ERROR)
+                continue
             self.message_user(request, f"{job}: execution {execution.pk} {execution.status}")
 
-    @admin.action(description="Pause")
+    def has_run_permission(self, request: HttpRequest) -> bool:
+        return self.allows(request, roles.SUBMIT_ROLES, "jobs.add_execution")
+
+    @admin.action(description="Pause", permissions=["change"])
     def pause(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         done = sum(job_pause(job=job) for job in queryset)
         self.message_user(request, f"{done} job(s) paused")
 
-    @admin.action(description="Resume")
+    @admin.action(description="Resume", permissions=["change"])
     def resume(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         done = sum(job_resume(job=job) for job in queryset)
         self.message_user(request, f"{done} job(s) resumed")
 
-    @admin.action(description="Archive (delete, keeping history)")
+    @admin.action(description="Archive (delete, keeping history)", permissions=["delete"])
     def archive(self, request: HttpRequest, queryset: QuerySet[Job]) -> None:
         done = sum(job_delete(job=job) for job in queryset)
         self.message_user(request, f"{done} job(s) archived")
+
+
+def _reason(exc: PermissionDenied | ValidationError) -> str:
+    return " ".join(exc.messages) if isinstance(exc, ValidationError) else str(exc)
 
 
 @admin.register(JobSchedule)

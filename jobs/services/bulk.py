@@ -115,6 +115,8 @@ def jobs_trigger_bulk(*, actor: Any, jobs: Sequence[int]) -> list[Execution]:
             first_at[job_id] = index
     if errors:
         raise ValidationError(errors)
+    # Running a shell job needs jobs.run_shell now, not only when it was created (a permission taken away).
+    _shell_check(actor, [({"kind": found[job_id].kind}, None) for job_id in jobs])
     executions = _trigger_all([found[job_id] for job_id in jobs])
     logger.info("%d jobs triggered by %s", len(executions), actor)
     return executions

@@ -289,6 +289,22 @@ def test_shell_jobs_need_run_shell_permission(as_alice, make_user):
     assert Job.objects.get(pk=job["id"]).kind == "python"
 
 
+def test_running_a_shell_job_needs_run_shell_now_not_only_at_creation(make_user):
+    sam = make_user("sam", "submitter", run_shell=True)
+    client = token_client(sam)
+    shell = job_body(kind="shell", payload={"command": ["echo", "hi"]})
+    job = client.post("/api/v1/jobs/", shell, format="json").json()
+    sam.user_permissions.clear()  # run_shell taken away after the job was created
+    sam = type(sam).objects.get(pk=sam.pk)
+    client = token_client(sam)
+    response = client.post(f"/api/v1/jobs/{job['id']}/run/", {}, format="json")
+    assert response.status_code == 403, response.content
+    assert "jobs.run_shell" in response.json()["detail"]
+    response = client.post("/api/v1/jobs/bulk-run/", {"jobs": [job["id"]]}, format="json")
+    assert response.status_code == 403, response.content
+    assert not Execution.objects.filter(job_id=job["id"]).exists()
+
+
 # --- Idempotency-Key -------------------------------------------------------------------------
 
 
