@@ -30,12 +30,16 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+from scheduler_project.knobs import Knobs
+
 ROOT = Path(__file__).resolve().parent.parent
 VAR = (ROOT / os.environ.get("SCHEDULER_VAR_DIR", "var")).resolve()
-PG_PORT = int(os.environ.get("SCHEDULER_EMBEDDED_PG_PORT", "54329"))
-REDIS_PORT = int(os.environ.get("SCHEDULER_EMBEDDED_REDIS_PORT", "63799"))
-WEB_PORT = int(os.environ.get("SCHEDULER_WEB_PORT", "8000"))
-FLOWER_PORT = int(os.environ.get("SCHEDULER_FLOWER_PORT", "5555"))
+_knob = Knobs()
+PG_PORT = _knob.port("SCHEDULER_EMBEDDED_PG_PORT", 54329)
+REDIS_PORT = _knob.port("SCHEDULER_EMBEDDED_REDIS_PORT", 63799)
+WEB_PORT = _knob.port("SCHEDULER_WEB_PORT", 8000)
+FLOWER_PORT = _knob.port("SCHEDULER_FLOWER_PORT", 5555)
+_knob.check(where="make up")  # a port that is not one stops here, in one line
 PG_DB = "scheduler"
 FLOWER_USER = "admin"
 # pgserver asks platformdirs for a runtime folder on import and warns when XDG_RUNTIME_DIR is unset.

@@ -13,7 +13,8 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
-from django.core.exceptions import ImproperlyConfigured
+
+from scheduler_project.knobs import Knobs
 
 BASE_DIR = Path(__file__).resolve().parent.parent
 
@@ -23,12 +24,11 @@ SCHEDULER_VAR_DIR = BASE_DIR / env.str("SCHEDULER_VAR_DIR", default="var")
 _VAR_ENV = SCHEDULER_VAR_DIR / "env"
 if _VAR_ENV.exists() and env.str("SCHEDULER_READ_VAR_ENV", default="1") == "1":
     environ.Env.read_env(str(_VAR_ENV), overwrite=False)
+# Every SCHEDULER_* knob below is typed and range-checked; the wrong ones stop the process at the end of
+# this module with one line each (scheduler_project/knobs.py).
+knob = Knobs()
 
-ENVIRONMENT = env.str("SCHEDULER_ENVIRONMENT", default="development")
-if ENVIRONMENT not in {"development", "test", "production"}:
-    raise ImproperlyConfigured(
-        f"SCHEDULER_ENVIRONMENT must be development, test or production, not {ENVIRONMENT!r}"
-    )
+ENVIRONMENT = knob.str("SCHEDULER_ENVIRONMENT", "development", choices={"development", "test", "production"})
 PRODUCTION = ENVIRONMENT == "production"
 
 DEBUG = env.bool("DEBUG", default=not PRODUCTION)
@@ -37,9 +37,9 @@ SECRET_KEY = env.str("SECRET_KEY", default="" if PRODUCTION else _DEV_SECRET)
 
 if PRODUCTION:
     if DEBUG:
-        raise ImproperlyConfigured("DEBUG must be off when SCHEDULER_ENVIRONMENT=production")
+        knob.errors.append("DEBUG must be off when SCHEDULER_ENVIRONMENT=production")
     if len(SECRET_KEY) < 50 or SECRET_KEY.startswith("django-insecure") or len(set(SECRET_KEY)) < 5:
-        raise ImproperlyConfigured(
+        knob.errors.append(
             "SECRET_KEY must be set to a random value of at least 50 characters in production "
             "(python -c 'import secrets; print(secrets.token_urlsafe(50))')"
         )
@@ -69,6 +69,7 @@ INSTALLED_APPS = [
 
 MIDDLEWARE = [
     "django.middleware.security.SecurityMiddleware",
+    "scheduler_project.csp.ContentSecurityPolicyMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     # Inside the security headers, outside everything that may query the database (the session first).
     "scheduler_project.dbguard.DatabaseUnavailableMiddleware",
@@ -103,16 +104,16 @@ TEMPLATES = [
 DATABASES = {
     "default": env.db_url("DATABASE_URL", default="postgres://postgres@127.0.0.1:5432/scheduler"),
 }
-DATABASES["default"]["CONN_MAX_AGE"] = env.int("SCHEDULER_DB_CONN_MAX_AGE", default=60)
+DATABASES["default"]["CONN_MAX_AGE"] = knob.int("SCHEDULER_DB_CONN_MAX_AGE", 60, low=0, high=86400)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
 # While the database is away requests answer 503 with this Retry-After (scheduler_project/dbguard.py).
-SCHEDULER_DB_RETRY_AFTER_SECONDS = env.int("SCHEDULER_DB_RETRY_AFTER_SECONDS", default=2)
+SCHEDULER_DB_RETRY_AFTER_SECONDS = knob.int("SCHEDULER_DB_RETRY_AFTER_SECONDS", 2, low=1, high=3600)
 # The hot statements (claim, finish, placement) run as prepared statements (scheduler_project/db.py).
-SCHEDULER_DB_PREPARE = env.bool("SCHEDULER_DB_PREPARE", default=True)
+SCHEDULER_DB_PREPARE = knob.bool("SCHEDULER_DB_PREPARE", True)
 # A claim commits without waiting for the WAL flush (jobs/services/executions.py says why that is safe).
-SCHEDULER_DB_ASYNC_CLAIM = env.bool("SCHEDULER_DB_ASYNC_CLAIM", default=True)
+SCHEDULER_DB_ASYNC_CLAIM = knob.bool("SCHEDULER_DB_ASYNC_CLAIM", True)
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
-    raise ImproperlyConfigured("DATABASE_URL must point at PostgreSQL (postgres://...)")
+    knob.errors.append("DATABASE_URL must point at PostgreSQL (postgres://...)")
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_USER_MODEL = "accounts.User"
@@ -155,7 +156,7 @@ if ENVIRONMENT == "test":
     from urllib.parse import urlsplit, urlunsplit
 
     _parts = urlsplit(CELERY_BROKER_URL)
-    _test_db = env.int("SCHEDULER_TEST_REDIS_DB", default=15)
+    _test_db = knob.int("SCHEDULER_TEST_REDIS_DB", 15, low=0, high=15)
     CELERY_BROKER_URL = urlunsplit(_parts._replace(path=f"/{_test_db}"))
     # Celery reads the CELERY_BROKER_URL environment variable before this setting: make them agree,
     # or every test run (and the workers it starts) would share the broker's own database number.
@@ -172,64 +173,70 @@ CACHES = {
 }
 
 # --- The scheduler's own knobs (documented in README.md) -----------------------------------
-SCHEDULER_MAX_TIMEOUT_SECONDS = env.int("SCHEDULER_MAX_TIMEOUT_SECONDS", default=24 * 3600)
-SCHEDULER_DEFAULT_TIMEOUT_SECONDS = env.int("SCHEDULER_DEFAULT_TIMEOUT_SECONDS", default=3600)
-SCHEDULER_OUTPUT_LIMIT_BYTES = env.int("SCHEDULER_OUTPUT_LIMIT_BYTES", default=64 * 1024)
-SCHEDULER_HEARTBEAT_SECONDS = env.float("SCHEDULER_HEARTBEAT_SECONDS", default=5.0)
-SCHEDULER_NODE_OFFLINE_AFTER_SECONDS = env.float("SCHEDULER_NODE_OFFLINE_AFTER_SECONDS", default=30.0)
+SCHEDULER_MAX_TIMEOUT_SECONDS = knob.int("SCHEDULER_MAX_TIMEOUT_SECONDS", 24 * 3600, low=1, high=2592000)
+SCHEDULER_DEFAULT_TIMEOUT_SECONDS = knob.int("SCHEDULER_DEFAULT_TIMEOUT_SECONDS", 3600, low=1, high=2592000)
+SCHEDULER_OUTPUT_LIMIT_BYTES = knob.int("SCHEDULER_OUTPUT_LIMIT_BYTES", 64 * 1024, low=1024, high=67108864)
+SCHEDULER_HEARTBEAT_SECONDS = knob.float("SCHEDULER_HEARTBEAT_SECONDS", 5.0, low=0.1, high=3600)
+SCHEDULER_NODE_OFFLINE_AFTER_SECONDS = knob.float(
+    "SCHEDULER_NODE_OFFLINE_AFTER_SECONDS", 30.0, low=0.5, high=86400
+)
 # How long a worker keeps retrying to record a claim or an outcome while the database is away (then the run
 # is left to its node's liveness check, which marks it lost once the database answers).
-SCHEDULER_WORKER_DB_RETRY_SECONDS = env.float("SCHEDULER_WORKER_DB_RETRY_SECONDS", default=300.0)
+SCHEDULER_WORKER_DB_RETRY_SECONDS = knob.float("SCHEDULER_WORKER_DB_RETRY_SECONDS", 300.0, low=0, high=86400)
 # Where a worker notes the process group of each shell run, so that what a lost run left is killed.
 SCHEDULER_RUN_DIR = env.str(
     "SCHEDULER_RUN_DIR", default=str(Path(tempfile.gettempdir()) / f"scheduler-runs-{os.getuid()}")
 )
-SCHEDULER_NODE_CPU = env.float("SCHEDULER_NODE_CPU", default=None)
-SCHEDULER_NODE_MEMORY_MB = env.int("SCHEDULER_NODE_MEMORY_MB", default=None)
+SCHEDULER_NODE_CPU = knob.optional_float("SCHEDULER_NODE_CPU", low=0.001, high=9999.999)
+SCHEDULER_NODE_MEMORY_MB = knob.optional_int("SCHEDULER_NODE_MEMORY_MB", low=1, high=2147483647)
 SCHEDULER_NODE_LABELS = env.str("SCHEDULER_NODE_LABELS", default="")
-SCHEDULER_SWEEP_SECONDS = env.float("SCHEDULER_SWEEP_SECONDS", default=2.0)
+SCHEDULER_SWEEP_SECONDS = knob.float("SCHEDULER_SWEEP_SECONDS", 2.0, low=0.1, high=3600)
 # Period of the broker reconciler, and how long an execution stays queued before it is checked.
-SCHEDULER_RECONCILE_SECONDS = env.float("SCHEDULER_RECONCILE_SECONDS", default=15.0)
+SCHEDULER_RECONCILE_SECONDS = knob.float("SCHEDULER_RECONCILE_SECONDS", 15.0, low=1, high=86400)
 # How often the nodes' allocated counters are compared with their active allocations (and repaired).
-SCHEDULER_COUNTER_REPAIR_SECONDS = env.float("SCHEDULER_COUNTER_REPAIR_SECONDS", default=60.0)
+SCHEDULER_COUNTER_REPAIR_SECONDS = knob.float("SCHEDULER_COUNTER_REPAIR_SECONDS", 60.0, low=1, high=86400)
 # A placement considers this many random nodes of those that match (all of them when there are fewer; 0: all).
-SCHEDULER_PLACEMENT_CANDIDATES = env.int("SCHEDULER_PLACEMENT_CANDIDATES", default=4)
-SCHEDULER_BEAT_LEASE_SECONDS = env.float("SCHEDULER_BEAT_LEASE_SECONDS", default=10.0)
+SCHEDULER_PLACEMENT_CANDIDATES = knob.int("SCHEDULER_PLACEMENT_CANDIDATES", 4, low=0, high=100000)
+SCHEDULER_BEAT_LEASE_SECONDS = knob.float("SCHEDULER_BEAT_LEASE_SECONDS", 10.0, low=1, high=3600)
 # Beat scheduler (jobs.beat): how often the leader looks for edited schedules, writes run bookkeeping
 # in one batch, and re-checks the whole enabled set; the margin covers commits that land after date_changed.
-SCHEDULER_BEAT_SYNC_SECONDS = env.float("SCHEDULER_BEAT_SYNC_SECONDS", default=1.0)
-SCHEDULER_BEAT_FLUSH_SECONDS = env.float("SCHEDULER_BEAT_FLUSH_SECONDS", default=2.0)
-SCHEDULER_BEAT_FULL_SYNC_SECONDS = env.float("SCHEDULER_BEAT_FULL_SYNC_SECONDS", default=300.0)
-SCHEDULER_BEAT_CHANGE_MARGIN_SECONDS = env.float("SCHEDULER_BEAT_CHANGE_MARGIN_SECONDS", default=10.0)
+SCHEDULER_BEAT_SYNC_SECONDS = knob.float("SCHEDULER_BEAT_SYNC_SECONDS", 1.0, low=0.1, high=3600)
+SCHEDULER_BEAT_FLUSH_SECONDS = knob.float("SCHEDULER_BEAT_FLUSH_SECONDS", 2.0, low=0.1, high=3600)
+SCHEDULER_BEAT_FULL_SYNC_SECONDS = knob.float("SCHEDULER_BEAT_FULL_SYNC_SECONDS", 300.0, low=1, high=86400)
+SCHEDULER_BEAT_CHANGE_MARGIN_SECONDS = knob.float(
+    "SCHEDULER_BEAT_CHANGE_MARGIN_SECONDS", 10.0, low=0, high=3600
+)
 SCHEDULER_HTTP_ALLOWLIST = env.list("SCHEDULER_HTTP_ALLOWLIST", default=[])
 # Whether python jobs may name the demo handlers (jobs/executors/demo_handlers.py: `crash` kills its worker
 # process, `progress` with no delay spins): on in development and test only.
-SCHEDULER_DEMO_HANDLERS = env.bool("SCHEDULER_DEMO_HANDLERS", default=not PRODUCTION)
+SCHEDULER_DEMO_HANDLERS = knob.bool("SCHEDULER_DEMO_HANDLERS", not PRODUCTION)
 # A slot that starts later than max(this, its interval) is a misfire: the job's misfire policy applies.
-SCHEDULER_MISFIRE_GRACE_SECONDS = env.float("SCHEDULER_MISFIRE_GRACE_SECONDS", default=60.0)
-SCHEDULER_ALLOW_SHELL_JOBS = env.bool("SCHEDULER_ALLOW_SHELL_JOBS", default=True)
+SCHEDULER_MISFIRE_GRACE_SECONDS = knob.float("SCHEDULER_MISFIRE_GRACE_SECONDS", 60.0, low=0, high=2592000)
+SCHEDULER_ALLOW_SHELL_JOBS = knob.bool("SCHEDULER_ALLOW_SHELL_JOBS", True)
 # The user shell jobs run as when the worker runs as root (empty: the worker's own user). Tests run their
 # jobs as the worker's user, except those that check the isolation (they name the user).
 SCHEDULER_SHELL_USER = env.str("SCHEDULER_SHELL_USER", default="" if ENVIRONMENT == "test" else "nobody")
 # At most this many processes for the shell user (RLIMIT_NPROC; a fork bomb stops there; 0: no limit).
-SCHEDULER_SHELL_MAX_PROCESSES = env.int("SCHEDULER_SHELL_MAX_PROCESSES", default=256)
+SCHEDULER_SHELL_MAX_PROCESSES = knob.int("SCHEDULER_SHELL_MAX_PROCESSES", 256, low=0, high=1000000)
 SCHEDULER_FLOWER_URL = env.str("SCHEDULER_FLOWER_URL", default="http://127.0.0.1:5555/")
 # --- Monitoring (monitoring app): output capture, retention, metrics, alerts ---------------------
 # Captured output kept per execution (characters); past it the oldest chunks are dropped.
-SCHEDULER_LOG_MAX_CHARS = env.int("SCHEDULER_LOG_MAX_CHARS", default=1_000_000)
+SCHEDULER_LOG_MAX_CHARS = knob.int("SCHEDULER_LOG_MAX_CHARS", 1_000_000, low=1000, high=1000000000)
 # Finished executions (and their output) older than this are pruned daily; dead letters' are kept.
-SCHEDULER_RETENTION_DAYS = env.int("SCHEDULER_RETENTION_DAYS", default=30)
+SCHEDULER_RETENTION_DAYS = knob.int("SCHEDULER_RETENTION_DAYS", 30, low=1, high=36500)
 # /metrics needs `Authorization: Bearer <this>` or an operator's session; empty: session only.
 SCHEDULER_METRICS_TOKEN = env.str("SCHEDULER_METRICS_TOKEN", default="")
 # Metrics and dashboard summaries are cached (Redis) this long, so many viewers cost one query set.
-SCHEDULER_METRICS_CACHE_SECONDS = env.float("SCHEDULER_METRICS_CACHE_SECONDS", default=5.0)
+SCHEDULER_METRICS_CACHE_SECONDS = knob.float("SCHEDULER_METRICS_CACHE_SECONDS", 5.0, low=0, high=3600)
 # The duration and lateness histograms cover executions finished / fired in this trailing window.
-SCHEDULER_METRICS_WINDOW_SECONDS = env.int("SCHEDULER_METRICS_WINDOW_SECONDS", default=3600)
-SCHEDULER_ALERT_EVALUATE_SECONDS = env.float("SCHEDULER_ALERT_EVALUATE_SECONDS", default=5.0)
-SCHEDULER_ALERT_MAX_ATTEMPTS = env.int("SCHEDULER_ALERT_MAX_ATTEMPTS", default=6)
-SCHEDULER_ALERT_BACKOFF_SECONDS = env.float("SCHEDULER_ALERT_BACKOFF_SECONDS", default=5.0)
-SCHEDULER_ALERT_BACKOFF_MAX_SECONDS = env.float("SCHEDULER_ALERT_BACKOFF_MAX_SECONDS", default=600.0)
-SCHEDULER_WEBHOOK_TIMEOUT_SECONDS = env.float("SCHEDULER_WEBHOOK_TIMEOUT_SECONDS", default=5.0)
+SCHEDULER_METRICS_WINDOW_SECONDS = knob.int("SCHEDULER_METRICS_WINDOW_SECONDS", 3600, low=60, high=2592000)
+SCHEDULER_ALERT_EVALUATE_SECONDS = knob.float("SCHEDULER_ALERT_EVALUATE_SECONDS", 5.0, low=0.5, high=86400)
+SCHEDULER_ALERT_MAX_ATTEMPTS = knob.int("SCHEDULER_ALERT_MAX_ATTEMPTS", 6, low=1, high=100)
+SCHEDULER_ALERT_BACKOFF_SECONDS = knob.float("SCHEDULER_ALERT_BACKOFF_SECONDS", 5.0, low=0.1, high=86400)
+SCHEDULER_ALERT_BACKOFF_MAX_SECONDS = knob.float(
+    "SCHEDULER_ALERT_BACKOFF_MAX_SECONDS", 600.0, low=0.1, high=2592000
+)
+SCHEDULER_WEBHOOK_TIMEOUT_SECONDS = knob.float("SCHEDULER_WEBHOOK_TIMEOUT_SECONDS", 5.0, low=0.5, high=300)
 # Alert e-mail: EMAIL_URL (smtp://user:pass@host:587, consolemail://) and the sender address.
 _EMAIL = env.email_url("EMAIL_URL", default="consolemail://")
 EMAIL_BACKEND = _EMAIL["EMAIL_BACKEND"]
@@ -327,18 +334,20 @@ REST_FRAMEWORK = {
 }
 # --- API request limits (jobs/api) -------------------------------------------------------------
 # Bodies over this are refused (413); also Django's own limit for forms and the admin.
-DATA_UPLOAD_MAX_MEMORY_SIZE = env.int("SCHEDULER_MAX_REQUEST_BYTES", default=2 * 1024 * 1024)
+DATA_UPLOAD_MAX_MEMORY_SIZE = knob.int(
+    "SCHEDULER_MAX_REQUEST_BYTES", 2 * 1024 * 1024, low=1024, high=1073741824
+)
 # A job's payload (and any JSON object field) as compact JSON; room for an http job's 1 MiB body.
-SCHEDULER_MAX_PAYLOAD_BYTES = env.int("SCHEDULER_MAX_PAYLOAD_BYTES", default=1280 * 1024)
+SCHEDULER_MAX_PAYLOAD_BYTES = knob.int("SCHEDULER_MAX_PAYLOAD_BYTES", 1280 * 1024, low=1, high=1073741824)
 # Items of one bulk request (jobs/bulk/, jobs/bulk-run/) and of one job_submit --file list.
-SCHEDULER_BULK_MAX_ITEMS = env.int("SCHEDULER_BULK_MAX_ITEMS", default=1000)
+SCHEDULER_BULK_MAX_ITEMS = knob.int("SCHEDULER_BULK_MAX_ITEMS", 1000, low=1, high=100000)
 # --- Tokens and login (accounts) ------------------------------------------------------------
-SCHEDULER_TOKEN_TTL_HOURS = env.float("SCHEDULER_TOKEN_TTL_HOURS", default=10.0)
-SCHEDULER_LOGIN_MAX_FAILURES = env.int("SCHEDULER_LOGIN_MAX_FAILURES", default=5)
-SCHEDULER_LOGIN_LOCKOUT_SECONDS = env.int("SCHEDULER_LOGIN_LOCKOUT_SECONDS", default=60)
+SCHEDULER_TOKEN_TTL_HOURS = knob.float("SCHEDULER_TOKEN_TTL_HOURS", 10.0, low=0.01, high=8784)
+SCHEDULER_LOGIN_MAX_FAILURES = knob.int("SCHEDULER_LOGIN_MAX_FAILURES", 5, low=1, high=10000)
+SCHEDULER_LOGIN_LOCKOUT_SECONDS = knob.int("SCHEDULER_LOGIN_LOCKOUT_SECONDS", 60, low=1, high=86400)
 # Proxies in front of web that append to X-Forwarded-For; 0 trusts no such header, so a client cannot
 # dodge the login throttle by sending its own.
-SCHEDULER_NUM_PROXIES = env.int("SCHEDULER_NUM_PROXIES", default=0)
+SCHEDULER_NUM_PROXIES = knob.int("SCHEDULER_NUM_PROXIES", 0, low=0, high=10)
 REST_FRAMEWORK["NUM_PROXIES"] = SCHEDULER_NUM_PROXIES
 REST_KNOX = {
     "TOKEN_TTL": timedelta(hours=SCHEDULER_TOKEN_TTL_HOURS),
@@ -362,19 +371,27 @@ SPECTACULAR_SETTINGS = {
     },
 }
 
+_LOG_LEVEL = knob.str(
+    "SCHEDULER_LOG_LEVEL", "INFO", choices={"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
     "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env.str("SCHEDULER_LOG_LEVEL", default="INFO")},
+    "root": {
+        "handlers": ["console"],
+        "level": knob.str(
+            "SCHEDULER_LOG_LEVEL", "INFO", choices={"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}
+        ),
+    },
 }
 
 # --- Production hardening: `manage.py check --deploy` is clean with these ------------------
 if PRODUCTION:
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
-    SECURE_SSL_REDIRECT = env.bool("SCHEDULER_SECURE_SSL_REDIRECT", default=True)
-    SECURE_HSTS_SECONDS = env.int("SCHEDULER_HSTS_SECONDS", default=31536000)
+    SECURE_SSL_REDIRECT = knob.bool("SCHEDULER_SECURE_SSL_REDIRECT", True)
+    SECURE_HSTS_SECONDS = knob.int("SCHEDULER_HSTS_SECONDS", 31536000, low=0, high=63072000)
     SECURE_HSTS_INCLUDE_SUBDOMAINS = True
     SECURE_HSTS_PRELOAD = True
     SESSION_COOKIE_SECURE = True
@@ -385,3 +402,16 @@ if PRODUCTION:
     SECURE_REDIRECT_EXEMPT = [r"^healthz$", r"^readyz$"]
     if SECURE_SSL_REDIRECT is False:
         SILENCED_SYSTEM_CHECKS = ["security.W008"]
+
+# --- Knobs that depend on each other; then stop with one line per wrong value (none: nothing happens) --
+if SCHEDULER_DEFAULT_TIMEOUT_SECONDS > SCHEDULER_MAX_TIMEOUT_SECONDS:
+    knob.errors.append(
+        f"SCHEDULER_DEFAULT_TIMEOUT_SECONDS={SCHEDULER_DEFAULT_TIMEOUT_SECONDS} is above "
+        f"SCHEDULER_MAX_TIMEOUT_SECONDS={SCHEDULER_MAX_TIMEOUT_SECONDS}; expected at most that"
+    )
+if SCHEDULER_NODE_OFFLINE_AFTER_SECONDS <= SCHEDULER_HEARTBEAT_SECONDS:
+    knob.errors.append(
+        f"SCHEDULER_NODE_OFFLINE_AFTER_SECONDS={SCHEDULER_NODE_OFFLINE_AFTER_SECONDS} must be longer than "
+        f"SCHEDULER_HEARTBEAT_SECONDS={SCHEDULER_HEARTBEAT_SECONDS} (a node would go offline between beats)"
+    )
+knob.check()

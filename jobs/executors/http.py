@@ -23,6 +23,12 @@ MAX_HEADER_BYTES = 8 * 1024
 MAX_BODY_BYTES = 1024 * 1024
 MAX_REDIRECTS = 5
 REDIRECT_STATUSES = {301, 302, 303, 307, 308}
+# A redirect to another origin (scheme, host or port) drops these headers, and any header whose lower-cased
+# name contains one of CREDENTIAL_NAME_PARTS (X-Api-Key, X-Auth-Token, X-Session-Id, ...): better to drop a
+# harmless header than to hand a credential to a host the job never named.
+CREDENTIAL_HEADERS = {"authorization", "proxy-authorization", "cookie"}
+CREDENTIAL_NAME_PARTS = ("auth", "token", "key", "secret", "session", "cookie", "password")
+DEFAULT_PORTS = {"http": 80, "https": 443}
 
 
 def validate(payload: Any) -> dict[str, str]:
@@ -172,6 +178,7 @@ class _Refused(Exception):
 def _send(
     session: requests.Session, method: str, url: str, headers: dict[str, str], body: bytes, deadline: float
 ) -> requests.Response:
+    origin = url_origin(url)
     for _hop in range(MAX_REDIRECTS + 1):
         error = url_address_error(url)
         if error:
@@ -192,10 +199,30 @@ def _send(
             return response
         response.close()
         url = urljoin(url, response.headers["location"])
+        if url_origin(url) != origin:  # once dropped, never restored (even by a redirect back)
+            headers = _without_credentials(headers)
+            session.cookies.clear()  # nor cookies an earlier hop set (a jar does not tell ports apart)
         if response.status_code == 303 or (response.status_code in {301, 302} and method == "POST"):
             method, body = "GET", b""
             headers = {k: v for k, v in headers.items() if k.lower() != "content-type"}
     raise _Refused(f"more than {MAX_REDIRECTS} redirects")
+
+
+def url_origin(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a URL, the port defaulted from the scheme: what a redirect compares."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    return scheme, (parts.hostname or "").lower(), parts.port or DEFAULT_PORTS.get(scheme)
+
+
+def is_credential_header(name: str) -> bool:
+    """Whether a redirect to another origin drops this header (see CREDENTIAL_NAME_PARTS)."""
+    name = name.lower()
+    return name in CREDENTIAL_HEADERS or any(part in name for part in CREDENTIAL_NAME_PARTS)
+
+
+def _without_credentials(headers: dict[str, str]) -> dict[str, str]:
+    return {k: v for k, v in headers.items() if not is_credential_header(k)}
 
 
 def _read_body(

@@ -33,6 +33,7 @@ def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
         pytest.fail("chromium and chromium-driver are not installed: run `make browser`")
     options = webdriver.ChromeOptions()
     options.binary_location = CHROMIUM
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})  # the console, for CSP violations
     for flag in [*FLAGS, f"--user-data-dir={tmp_path / 'chromium-profile'}"]:
         options.add_argument(flag)
     driver = webdriver.Chrome(options=options, service=Service(executable_path=DRIVER))
@@ -107,3 +108,6 @@ def test_dashboard_after_login_shows_chart_node_bars_and_progress(
     shot = tmp_path / "dashboard.png"
     assert browser.save_screenshot(str(shot))
     assert shot.stat().st_size > 10_000
+    # Everything above ran under the Content-Security-Policy (scheduler_project/csp.py): nothing refused.
+    console = [entry["message"] for entry in browser.get_log("browser")]
+    assert not [m for m in console if "Content Security Policy" in m], console
