@@ -118,9 +118,15 @@ def _make_traversable(path: Path) -> None:
             parent.chmod(mode | 0o005)
 
 
+def _pg_password() -> str:
+    """The embedded PostgreSQL's password, generated once into var/postgres-password."""
+    return _kept_secret("postgres-password", lambda: secrets.token_urlsafe(24))[0]
+
+
 def start_embedded_postgres() -> str:
     data = VAR / "postgres"
-    url = f"postgres://postgres@127.0.0.1:{PG_PORT}/{PG_DB}"
+    password = _pg_password()
+    url = f"postgres://postgres:{password}@127.0.0.1:{PG_PORT}/{PG_DB}"
     if _port_taken_by_other(PG_PORT, data / "postmaster.pid", "PostgreSQL", "SCHEDULER_EMBEDDED_PG_PORT"):
         log(f"embedded PostgreSQL already running on 127.0.0.1:{PG_PORT}")
         return url
@@ -158,20 +164,52 @@ def start_embedded_postgres() -> str:
         **run_as,
     )
     wait_port("127.0.0.1", PG_PORT, "PostgreSQL")
-    _ensure_database(bin_dir, PG_DB)
+    _require_password(bin_dir, data, password, run_as)
+    _ensure_database(bin_dir, PG_DB, password)
     return url
 
 
-def _ensure_database(bin_dir: Path, name: str) -> None:
-    psql = [str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres", "-tA"]
+def _psql(bin_dir: Path, password: str) -> tuple[list[str], dict[str, str]]:
+    argv = [str(bin_dir / "psql"), "-h", "127.0.0.1", "-p", str(PG_PORT), "-U", "postgres", "-tA"]
+    return argv, {**os.environ, "PGPASSWORD": password}
+
+
+def _require_password(bin_dir: Path, data: Path, password: str, run_as: dict[str, Any]) -> None:
+    """initdb trusts every local connection: set the password and make every connection present it (also
+    for a data folder made by an earlier version), then reload."""
+    hba = data / "pg_hba.conf"
+    lines = hba.read_text().splitlines()
+    if not any(line.split()[-1:] == ["trust"] for line in lines if line and not line.startswith("#")):
+        return
+    psql, env = _psql(bin_dir, password)
+    subprocess.run(  # on stdin, not in the command line other local users can read
+        [*psql, "-f", "-"], input=f"ALTER USER postgres PASSWORD '{password}';\n",  # token_urlsafe: no quote
+        check=True, capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    rewritten = [
+        line.rsplit("trust", 1)[0] + "scram-sha-256"
+        if line and not line.startswith("#") and line.split()[-1:] == ["trust"]
+        else line
+        for line in lines
+    ]
+    hba.write_text("\n".join(rewritten) + "\n")
+    subprocess.run(
+        [str(bin_dir / "pg_ctl"), "-D", str(data), "reload"], check=True, stdout=subprocess.DEVNULL, **run_as
+    )
+    log("embedded PostgreSQL: password authentication on (password in var/postgres-password)")
+
+
+def _ensure_database(bin_dir: Path, name: str, password: str) -> None:
+    psql, env = _psql(bin_dir, password)
     found = subprocess.run(
         [*psql, "-c", f"SELECT 1 FROM pg_database WHERE datname = '{name}'"],  # noqa: S608 - our constant
         check=True,
         capture_output=True,
         text=True,
+        env=env,
     ).stdout.strip()
     if found != "1":
-        subprocess.run([*psql, "-c", f'CREATE DATABASE "{name}"'], check=True, capture_output=True)
+        subprocess.run([*psql, "-c", f'CREATE DATABASE "{name}"'], check=True, capture_output=True, env=env)
 
 
 def stop_embedded_postgres() -> None:
@@ -196,16 +234,21 @@ def _redis_server() -> Path:
 
 
 def start_embedded_redis() -> str:
-    url = f"redis://127.0.0.1:{REDIS_PORT}/0"
+    password = _kept_secret("redis-password", lambda: secrets.token_urlsafe(24))[0]
+    url = f"redis://:{password}@127.0.0.1:{REDIS_PORT}/0"
     data = VAR / "redis"
     if _port_taken_by_other(REDIS_PORT, data / "redis.pid", "Redis", "SCHEDULER_EMBEDDED_REDIS_PORT"):
         log(f"embedded Redis already running on 127.0.0.1:{REDIS_PORT}")
         return url
     data.mkdir(parents=True, exist_ok=True)
     log(f"starting embedded Redis on 127.0.0.1:{REDIS_PORT}")
+    conf = data / "redis.conf"  # the password in a file of our own, not in the command line
+    conf.touch(mode=0o600)
+    conf.write_text(f"requirepass {password}\n")
     subprocess.run(
         [
             str(_redis_server()),
+            str(conf),
             "--bind", "127.0.0.1",
             "--port", str(REDIS_PORT),
             "--dir", str(data),

@@ -20,7 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import psutil
+import psycopg
 import pytest
+import redis
 import requests
 
 from tests.conftest import ROOT, processes_with, wait_for
@@ -215,6 +217,18 @@ def test_make_up_runs_everything_stops_cleanly_and_reuses_its_data(up):
     assert make.poll() is None, up.log()
     wait_for(lambda: healthy(up), 60, what="/healthz with database and broker ok")
     assert "embedded server under" in up.log()
+
+    # The embedded servers require the passwords generated under var/ (mode 600).
+    pg_password = (up.var / "postgres-password").read_text().strip()
+    redis_password = (up.var / "redis-password").read_text().strip()
+    assert oct((up.var / "postgres-password").stat().st_mode & 0o777) == "0o600"
+    pg = {"host": "127.0.0.1", "port": up.ports["pg"], "user": "postgres", "dbname": "scheduler"}
+    with pytest.raises(psycopg.OperationalError, match="password"):
+        psycopg.connect(**pg, connect_timeout=5)
+    psycopg.connect(**pg, password=pg_password, connect_timeout=5).close()
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis(port=up.ports["redis"], socket_timeout=5).ping()
+    assert redis.Redis(port=up.ports["redis"], password=redis_password, socket_timeout=5).ping()
 
     admin_user, admin_password = (up.var / "admin-password").read_text().split()
     assert f"with password: {admin_password}" in up.log()  # printed once, on creation
