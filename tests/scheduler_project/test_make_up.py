@@ -24,8 +24,9 @@ import psycopg
 import pytest
 import redis
 import requests
+from django.conf import settings
 
-from tests.conftest import ROOT, processes_with, wait_for
+from tests.conftest import ROOT, database_connect, processes_with, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -56,6 +57,7 @@ class Up:
     var: Path
     ports: dict[str, int]
     runs: list[tuple[subprocess.Popen, Path]] = field(default_factory=list)
+    extra: dict[str, str] = field(default_factory=dict)  # e.g. servers and secrets a user configured
 
     def env(self) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if k not in _DROP and not k.startswith("PYTEST_")}
@@ -67,6 +69,7 @@ class Up:
             SCHEDULER_FLOWER_PORT=str(self.ports["flower"]),
             PYTHONUNBUFFERED="1",
         )
+        env.update(self.extra)
         return env
 
     def start(self) -> subprocess.Popen:
@@ -320,3 +323,37 @@ def test_make_up_runs_everything_stops_cleanly_and_reuses_its_data(up):
     assert status(up.url("/healthz")) is None
     with pytest.raises(ConnectionRefusedError):
         socket.create_connection(("127.0.0.1", up.ports["redis"]), timeout=2)
+
+
+def test_make_up_with_its_servers_and_secrets_configured_uses_them_and_leaves_nothing_running(up):
+    """A fresh var/ with DATABASE_URL, CELERY_BROKER_URL, SECRET_KEY and FLOWER_BASIC_AUTH set: no embedded
+    server, nothing generated but var/env, and Ctrl-C stops every process make up started."""
+    name = f"makeup_configured_{os.getpid()}"
+    db = settings.DATABASES["default"]
+    redis_db = settings.CELERY_BROKER_URL.rsplit("/", 1)[1] or "0"
+    redis_db = str((int(redis_db) + 15) % 16)  # next to the test run's own number, flushed after
+    broker = f"redis://127.0.0.1:6379/{redis_db}"
+    with database_connect("postgres") as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+    try:
+        up.extra = {
+            "DATABASE_URL": f"postgres://{db['USER']}@{db['HOST']}:{db['PORT'] or 5432}/{name}",
+            "CELERY_BROKER_URL": broker,
+            "SECRET_KEY": "a-secret-key-the-operator-chose-" + "x" * 30,
+            "FLOWER_BASIC_AUTH": "admin:a-strong-flower-password-1",
+        }
+        make = up.start()
+        wait_for(lambda: healthy(up) or make.poll() is not None, 150, what="make up on configured servers")
+        assert make.poll() is None, up.log()
+        assert "embedded server under" not in up.log()
+        assert not (up.var / "postgres").exists()
+        assert not (up.var / "secret-key").exists()  # the configured one is used
+        assert (up.var / "env").exists()
+        tree = process_tree(make)
+        os.killpg(make.pid, signal.SIGINT)
+        make.wait(timeout=60)
+        wait_for(lambda: not any(alive(p) for p in tree), 30, what="every process of make up to exit")
+    finally:
+        with database_connect("postgres") as admin:
+            admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        redis.Redis.from_url(broker).flushdb()
