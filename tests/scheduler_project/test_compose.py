@@ -6,6 +6,7 @@ No Docker engine runs here: the file is parsed and checked, and the Dockerfile's
 from __future__ import annotations
 
 import re
+import secrets
 import shlex
 import subprocess
 import sys
@@ -61,7 +62,11 @@ def test_the_commands_are_the_designed_ones():
 def test_every_service_has_a_healthcheck_where_required(compose):
     services = compose["services"]
     assert "pg_isready" in " ".join(services["postgres"]["healthcheck"]["test"])
-    assert services["redis"]["healthcheck"]["test"][-2:] == ["redis-cli", "ping"]
+    # redis-cli exits 0 on NOAUTH: the check authenticates and wants the PONG itself.
+    assert services["redis"]["healthcheck"]["test"] == [
+        "CMD-SHELL",
+        'REDISCLI_AUTH="$$REDIS_PASSWORD" redis-cli ping | grep -qx PONG',
+    ]
     assert "scheduler_project.healthcheck" in " ".join(services["web"]["healthcheck"]["test"])
     assert "inspect ping" in " ".join(services["worker"]["healthcheck"]["test"])
 
@@ -85,7 +90,7 @@ def test_worker_is_scalable(compose):
 
 
 def test_app_services_run_in_production_with_required_secrets(compose):
-    for name in ("migrate", *PROCESSES):
+    for name in ("migrate", "web", "beat", "worker"):
         env = compose["services"][name]["environment"]
         assert env["SCHEDULER_ENVIRONMENT"] == "production"
         assert re.fullmatch(r"\$\{SECRET_KEY:\?[^}]+\}", env["SECRET_KEY"])
@@ -93,6 +98,58 @@ def test_app_services_run_in_production_with_required_secrets(compose):
     assert compose["services"]["flower"]["environment"]["FLOWER_BASIC_AUTH"].startswith(
         "${FLOWER_BASIC_AUTH:?"
     )
+
+
+def test_flower_gets_the_broker_and_its_password_only(compose):
+    flower = compose["services"]["flower"]
+    assert set(flower["environment"]) == {"CELERY_BROKER_URL", "FLOWER_BASIC_AUTH", "SCHEDULER_FLOWER_HOST"}
+    assert "SECRET_KEY" not in flower["environment"]
+    assert "DATABASE_URL" not in flower["environment"]
+    assert "env_file" not in flower
+    # Nor through the image: the Dockerfile sets no secret either.
+    assert not re.search(
+        r"SECRET_KEY=|DATABASE_URL=", (ROOT / "Dockerfile").read_text().split("RUN SECRET_KEY")[0]
+    )
+
+
+def test_only_web_and_flower_are_published_and_on_loopback_only(compose):
+    services = compose["services"]
+    published = {name: service["ports"] for name, service in services.items() if "ports" in service}
+    assert published == {
+        "web": ["127.0.0.1:${SCHEDULER_WEB_PORT:-8000}:8000"],
+        "flower": ["127.0.0.1:${SCHEDULER_FLOWER_PORT:-5555}:5555"],
+    }
+    # The one proxy in front of web is trusted in X-Forwarded-For (the login throttle), no more.
+    assert services["web"]["environment"]["SCHEDULER_NUM_PROXIES"] == "${SCHEDULER_NUM_PROXIES:-1}"
+
+
+def test_redis_requires_the_password_every_broker_url_carries(compose):
+    redis = compose["services"]["redis"]
+    assert re.fullmatch(r"\$\{REDIS_PASSWORD:\?[^}]+\}", redis["environment"]["REDIS_PASSWORD"])
+    script = service_command(redis)
+    assert script[:2] == ["sh", "-c"]
+    # requirepass goes in on stdin (`redis-server -`), never on the command line `ps` shows.
+    assert script[2] == (
+        "printf 'requirepass %s\\n' \"$$REDIS_PASSWORD\" | exec redis-server - --appendonly yes"
+    )
+    assert "--requirepass" not in script[2]
+    for name in ("migrate", *PROCESSES):
+        url = compose["services"][name]["environment"]["CELERY_BROKER_URL"]
+        assert re.fullmatch(r"redis://:\$\{REDIS_PASSWORD:\?[^}]+\}@redis:6379/0", url), (name, url)
+    assert "REDIS_PASSWORD=" in (ROOT / ".env.example").read_text().splitlines()
+
+
+def test_flowers_celery_app_needs_no_django_and_counts_priority_queues_like_settings():
+    from django.conf import settings
+
+    from scheduler_project.flower import app as flower_app
+
+    assert flower_app.fixups == []  # no Django fixup: Flower never loads the settings
+    options = settings.CELERY_BROKER_TRANSPORT_OPTIONS
+    assert flower_app.conf.broker_transport_options == {
+        "priority_steps": options["priority_steps"],
+        "sep": options["sep"],
+    }
 
 
 def test_no_secret_is_hard_coded(compose):
@@ -141,8 +198,13 @@ def test_dockerignore_keeps_secrets_and_local_state_out():
 
 @pytest.mark.parametrize(
     ("value", "ok"),
-    [("", False), ("admin", False), ("admin:", False), (":pw", False), ("admin:pw", True),
-     ("a:1,b:2", True), ("a:1,b", False)],
+    [("", False), ("admin", False), ("admin:", False), (":pw", False), ("a:1,b", False),
+     # weak: short, the user name, a common password (any case)
+     ("admin:pw", False), ("a:1,b:2", False), ("admin:Zq8vLm3pR7t", False),
+     ("administrator:administrator", False), ("admin:ChangeMe", False), ("admin:password", False),
+     ("flower:flower", False), ("admin:123456", False), ("ops:password123", False),
+     ("admin:Zq8vLm3pR7tXw", True), ("a:Zq8vLm3pR7tXw,b:0Kd2wXt7Rp3mLv8qZ", True),
+     ("a:Zq8vLm3pR7tXw,b:secret", False)],
 )  # fmt: skip
 def test_flower_basic_auth_validation(value, ok):
     assert (basic_auth_problem(value) is None) is ok
@@ -159,4 +221,34 @@ def test_flower_refuses_to_start_without_a_password():
         timeout=60,
     )
     assert result.returncode == 2
-    assert "refusing to start without a password" in result.stderr
+    assert "refusing to start without a strong password" in result.stderr
+
+
+def test_make_ups_generated_password_passes():
+    from scheduler_project.devservers import FLOWER_USER
+
+    for _ in range(50):  # devservers.up_environment: secrets.token_urlsafe(16)
+        assert basic_auth_problem(f"{FLOWER_USER}:{secrets.token_urlsafe(16)}") is None
+
+
+@pytest.mark.parametrize("password", ["changeme", "admin", "Password", "short-pw-11"])
+def test_flower_refuses_a_weak_password_in_one_line(password):
+    env = {"PATH": "/usr/bin:/bin", "SCHEDULER_READ_VAR_ENV": "0", "FLOWER_BASIC_AUTH": f"admin:{password}"}
+    # Started the way the Procfile (and so supervisord and compose) start it.
+    result = subprocess.run(
+        [sys.executable, *procfile()["flower"][1:]],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2
+    assert result.stdout == ""
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1, result.stderr  # one line, no traceback
+    assert "FLOWER_BASIC_AUTH" in lines[0]
+    assert "weak password for user 'admin'" in lines[0]
+    assert "at least 12 characters" in lines[0]
+    if password != "admin":
+        assert password not in lines[0]  # the password itself is never printed
