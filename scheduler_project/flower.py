@@ -35,7 +35,10 @@ RULE = (
 
 # Flower's own Celery app: the broker only (no Django settings, no SECRET_KEY or DATABASE_URL needed).
 # The Redis transport options Flower reads to count a priority queue's messages match settings.py's.
-app = Celery("scheduler_project.flower", fixups=[], broker=os.environ.get("CELERY_BROKER_URL"))
+# Not the current app: importing this module (tests, tools) must leave the project's app current.
+app = Celery(
+    "scheduler_project.flower", fixups=[], broker=os.environ.get("CELERY_BROKER_URL"), set_as_current=False
+)
 app.conf.update(
     broker_transport_options={"priority_steps": list(range(10)), "sep": ":"},
     timezone="UTC",

@@ -152,6 +152,17 @@ def test_flowers_celery_app_needs_no_django_and_counts_priority_queues_like_sett
     }
 
 
+def test_importing_the_flower_wrapper_leaves_the_projects_celery_app_current():
+    # Flower's own app once became current on import: every later send_task in the process used its broker.
+    from celery import current_app
+
+    from scheduler_project import flower
+    from scheduler_project.celery import app
+
+    assert flower.app is not app
+    assert current_app._get_current_object() is app
+
+
 def test_no_secret_is_hard_coded(compose):
     secret_names = re.compile(r"(SECRET|PASSWORD|BASIC_AUTH|TOKEN)", re.IGNORECASE)
 
