@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 # Test run options, e.g. `make test PYTEST_ARGS="tests/jobs -x"`.
 PYTEST_ARGS ?=
 
-.PHONY: up test lint format venv venv-dev stop clean-var browser
+.PHONY: up test lint format venv venv-dev stop clean-var browser docker-engine
 
 $(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -44,8 +44,15 @@ browser:
 	@test -x /usr/bin/chromium -a -x /usr/bin/chromedriver || { \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver; }
 
-## make test: lint, then the whole suite against real PostgreSQL and Redis.
-test: venv-dev browser
+## make docker-engine: Debian's docker.io and busybox-static for the container tests (apt-get only if absent;
+## the tests start a private dockerd of their own and never use a system one).
+docker-engine:
+	@{ test -x /usr/sbin/dockerd && dpkg -s busybox-static >/dev/null 2>&1; } || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+		docker.io busybox-static; }
+
+## make test: lint, then the whole suite against real PostgreSQL, Redis and a private Docker Engine.
+test: venv-dev browser docker-engine
 	@exports="$$($(PY) -m scheduler_project.devservers env test)"; \
 	eval "$$exports"; \
 	$(MAKE) --no-print-directory lint; \

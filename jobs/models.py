@@ -17,6 +17,7 @@ class Job(models.Model):
         SHELL = "shell"  # an argv list, run with no shell
         HTTP = "http"  # one HTTP request
         PYTHON = "python"  # a handler registered in code
+        CONTAINER = "container"  # a command in a container of the node's Docker Engine, limits enforced
 
     class Status(models.TextChoices):
         ACTIVE = "active"  # fires on its schedule
@@ -164,6 +165,15 @@ class Execution(models.Model):
     )
     ACTIVE = frozenset({Status.PENDING, Status.QUEUED, Status.RUNNING})
 
+    class EndCause(models.TextChoices):
+        # Why a run that started ended, as its executor saw it ("" before it ends, or when nothing ran).
+        EXITED = "exited"  # the command ended by itself (any exit code)
+        OOM_KILLED = "oom_killed"  # killed by the kernel: it went over its memory_mb
+        TIMED_OUT = "timed_out"  # killed at the job's timeout
+        CANCELLED = "cancelled"  # killed because it was cancelled
+        ENGINE_ERROR = "engine_error"  # the container engine failed (or was unreachable) mid-run
+        START_FAILED = "start_failed"  # never started: missing program or image, refused by the engine
+
     class Trigger(models.TextChoices):
         SCHEDULE = "schedule"  # fired by beat for a slot
         MANUAL = "manual"  # "run now"
@@ -203,6 +213,21 @@ class Execution(models.Model):
     error = models.TextField(blank=True)
     result = models.JSONField(null=True, blank=True)
     progress = models.FloatField(null=True, blank=True, help_text="0..100 as reported by the job")
+    end_cause = models.CharField(
+        # db_default too: executions are inserted by SQL of their own (jobs.services.executions).
+        max_length=16,
+        choices=EndCause.choices,
+        blank=True,
+        default="",
+        db_default="",
+        help_text="why the run ended",
+    )
+    memory_peak_bytes = models.BigIntegerField(
+        null=True, blank=True, help_text="the most memory the run used (container jobs, as the engine saw it)"
+    )
+    cpu_seconds = models.FloatField(
+        null=True, blank=True, help_text="CPU time the run used (container jobs, as the engine saw it)"
+    )
     retry_of = models.ForeignKey(
         "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries", db_index=False
     )

@@ -218,6 +218,24 @@ SCHEDULER_ALLOW_SHELL_JOBS = knob.bool("SCHEDULER_ALLOW_SHELL_JOBS", True)
 SCHEDULER_SHELL_USER = env.str("SCHEDULER_SHELL_USER", default="" if ENVIRONMENT == "test" else "nobody")
 # At most this many processes for the shell user (RLIMIT_NPROC; a fork bomb stops there; 0: no limit).
 SCHEDULER_SHELL_MAX_PROCESSES = knob.int("SCHEDULER_SHELL_MAX_PROCESSES", 256, low=0, high=1000000)
+# --- Container jobs (jobs/executors/container.py) and the shell sandbox -----------------------------
+# A worker whose Docker Engine answers (DOCKER_HOST, else the default socket) labels its node
+# runtime=docker; "off" never looks (container jobs then never land on its node).
+SCHEDULER_CONTAINER_RUNTIME = knob.str("SCHEDULER_CONTAINER_RUNTIME", "auto", choices={"auto", "off"})
+# At most this many processes (and threads) in one container (--pids-limit; 0: the engine's default).
+SCHEDULER_CONTAINER_PIDS_LIMIT = knob.int("SCHEDULER_CONTAINER_PIDS_LIMIT", 256, low=0, high=1000000)
+# How often a worker removes the containers of runs that are over (also at every start).
+SCHEDULER_CONTAINER_JANITOR_SECONDS = knob.float(
+    "SCHEDULER_CONTAINER_JANITOR_SECONDS", 60.0, low=1, high=86400
+)
+# "container": shell jobs run in a container of SCHEDULER_SHELL_SANDBOX_IMAGE with the job's cpu, memory
+# and no network, on runtime=docker nodes only; "" (default): as a process of the worker's host.
+SCHEDULER_SHELL_SANDBOX = knob.str("SCHEDULER_SHELL_SANDBOX", "", choices={"", "container"})
+SCHEDULER_SHELL_SANDBOX_IMAGE = env.str("SCHEDULER_SHELL_SANDBOX_IMAGE", default="")
+if SCHEDULER_SHELL_SANDBOX and not SCHEDULER_SHELL_SANDBOX_IMAGE:
+    knob.errors.append(
+        "SCHEDULER_SHELL_SANDBOX=container needs SCHEDULER_SHELL_SANDBOX_IMAGE (the image shell jobs run in)"
+    )
 SCHEDULER_FLOWER_URL = env.str("SCHEDULER_FLOWER_URL", default="http://127.0.0.1:5555/")
 # --- Monitoring (monitoring app): output capture, retention, metrics, alerts ---------------------
 # Captured output kept per execution (characters); past it the oldest chunks are dropped.

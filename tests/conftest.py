@@ -233,3 +233,20 @@ def processes_with(marker: str) -> list[psutil.Process]:
             if proc.info["status"] != psutil.STATUS_ZOMBIE and marker in (proc.info["cmdline"] or []):
                 found.append(proc)
     return found
+
+
+@pytest.fixture(scope="session")
+def docker_engine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A private Docker Engine (its own dockerd, data root and socket) with the busybox test image."""
+    from tests.docker_engine import engine_start, engine_stop
+
+    engine = engine_start(tmp_path_factory.mktemp("docker"))
+    yield engine
+    engine_stop(engine)
+
+
+@pytest.fixture
+def docker_host(docker_engine: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """DOCKER_HOST of the private engine, in this process's environment for the test."""
+    monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
+    return docker_engine

@@ -5,8 +5,9 @@ Wired by `scheduler_project.celery` (`NodeStep`, loaded by name once Django is s
 - bootstep init (before the consumer starts): remember the node name, add its queue node.<name> to the
   queues this worker consumes (besides "default" or whatever -Q says);
 - bootstep start: register the Node with a new incarnation (capacity from psutil or SCHEDULER_NODE_CPU /
-  SCHEDULER_NODE_MEMORY_MB, labels from SCHEDULER_NODE_LABELS), take over what an earlier start of the same
-  node left (worker.liveness), then a daemon thread in the main process heartbeats every
+  SCHEDULER_NODE_MEMORY_MB, labels from SCHEDULER_NODE_LABELS, runtime=docker when its Docker Engine answers),
+  take over what an earlier start of the same node left (worker.liveness) and remove containers of runs that
+  are over (worker.containers), then a daemon thread in the main process heartbeats every
   SCHEDULER_HEARTBEAT_SECONDS with live usage and checks that every run on the node is a live task;
 - SIGTERM (warm shutdown starts): the heartbeat thread marks the node draining at once, so nothing new is
   placed on it while its running tasks finish (the heartbeats go on, so the reaper leaves it alone);
@@ -37,6 +38,7 @@ from nodes.models import Node
 from nodes.placement import node_queue_name
 from nodes.services import node_mark_offline
 
+from .containers import containers_sweep
 from .heartbeat import Heartbeat
 from .identity import capacity, node_name_set, node_register_self
 from .liveness import takeover_at_start
@@ -63,6 +65,7 @@ class NodeStep(bootsteps.StartStopStep):
         name = parent.hostname
         node_register_self(name)
         takeover_at_start(node_name=name, incarnation=_state["incarnation"])
+        containers_sweep(node_name=name)  # what runs of earlier starts left behind
         cpu, _ = capacity()
         connection.close()  # not shared with the pool processes forked after this
         thread = Heartbeat(name, settings.SCHEDULER_HEARTBEAT_SECONDS, cpu, incarnation=_state["incarnation"])

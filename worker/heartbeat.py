@@ -1,21 +1,25 @@
 """The heartbeat thread of a worker's main process: live usage every SCHEDULER_HEARTBEAT_SECONDS, the
-liveness check of the runs on its node (worker.liveness), and the node drained at once when a warm
+liveness check of the runs on its node (worker.liveness), the container janitor (worker.containers) every
+SCHEDULER_CONTAINER_JANITOR_SECONDS, and the node drained at once when a warm
 shutdown starts. A database that does not answer costs a tick, never the thread."""
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from decimal import Decimal
 
 import psutil
+from django.conf import settings
 from django.db import DatabaseError, InterfaceError, close_old_connections
 
 from jobs.services import Held, executions_held
 from nodes.models import Node
 from nodes.services import node_drain, node_heartbeat_record
 
+from .containers import containers_sweep
 from .dbretry import connections_reset
 from .identity import node_register_self
 from .liveness import claims_check
@@ -64,6 +68,7 @@ class Heartbeat(threading.Thread):
         self.stopping = threading.Event()
         self.shutting_down = threading.Event()
         self.wake = threading.Event()
+        self._next_sweep = time.monotonic() + settings.SCHEDULER_CONTAINER_JANITOR_SECONDS
 
     def run(self) -> None:
         drained = False
@@ -75,6 +80,9 @@ class Heartbeat(threading.Thread):
                 held = self.beat()
                 if self.incarnation is not None:
                     claims_check(node_name=self.node_name, incarnation=self.incarnation, held=held)
+                    if time.monotonic() >= self._next_sweep:
+                        self._next_sweep = time.monotonic() + settings.SCHEDULER_CONTAINER_JANITOR_SECONDS
+                        containers_sweep(node_name=self.node_name)
             except (DatabaseError, InterfaceError, Node.DoesNotExist) as exc:
                 # The database is down or the row was deleted: try again next tick, never die.
                 logger.warning("node %s: heartbeat failed, retrying next tick: %s", self.node_name, exc)

@@ -16,6 +16,8 @@ import psutil
 from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 
+from jobs.executors import DOCKER_RUNTIME_LABELS
+from jobs.executors.docker_engine import engine_version
 from nodes.services import node_register, parse_labels
 
 NODE_NAME_ENV = "SCHEDULER_NODE_NAME"
@@ -70,12 +72,19 @@ def _ip_address() -> str | None:
 
 
 def node_register_self(name: str) -> None:
-    """Register this worker's Node (its current incarnation) from the settings and the host it runs on."""
+    """Register this worker's Node (its current incarnation) from the settings and the host it runs on;
+    a node whose Docker Engine answers is labelled runtime=docker and reports the engine's version."""
     try:
         labels = parse_labels(settings.SCHEDULER_NODE_LABELS)
     except ValueError as exc:
         raise ImproperlyConfigured(str(exc)) from exc
     cpu, memory_mb = capacity()
+    version = f"celery {celery.__version__}, python {platform.python_version()}"
+    engine = engine_version() if settings.SCHEDULER_CONTAINER_RUNTIME == "auto" else None
+    if engine is not None:
+        # Container jobs (and sandboxed shell jobs) are placed on nodes with this label only.
+        labels = {**DOCKER_RUNTIME_LABELS, **labels}
+        version += f", docker {engine}"
     node_register(
         name=name,
         hostname=name.partition("@")[2] or socket.gethostname(),
@@ -83,6 +92,6 @@ def node_register_self(name: str) -> None:
         cpu_capacity=cpu,
         memory_mb_capacity=memory_mb,
         labels=labels,
-        version=f"celery {celery.__version__}, python {platform.python_version()}",
+        version=version,
         incarnation=current_incarnation(),
     )

@@ -32,6 +32,8 @@ from pathlib import Path
 import psutil
 from django.conf import settings
 
+from jobs.executors.docker_engine import run_containers_remove
+
 logger = logging.getLogger(__name__)
 RUN_KEY_ENV = "SCHEDULER_RUN_KEY"
 KILL_ROUNDS = 5  # a job forking while it is killed: look again, up to this many times
@@ -134,10 +136,16 @@ def _carriers(key: str) -> list[psutil.Process]:
 
 
 def leftovers_kill(claim_token: uuid.UUID | None) -> bool:
-    """SIGKILL what the run with this claim left running on this host; True once nothing of it is left."""
+    """SIGKILL what the run with this claim left running on this host (processes and containers); True
+    once nothing of it is left."""
     if claim_token is None:
         return True
     key = run_key(claim_token)
+    containers_gone = run_containers_remove(key) if settings.SCHEDULER_CONTAINER_RUNTIME != "off" else True
+    return _processes_kill(key) and containers_gone
+
+
+def _processes_kill(key: str) -> bool:
     path = Path(settings.SCHEDULER_RUN_DIR) / key
     leader = _recorded_leader(path)
     if leader is not None:

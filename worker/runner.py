@@ -23,8 +23,9 @@ import uuid
 
 from django.conf import settings
 
-from jobs.executors import Outcome, executor_for
+from jobs.executors import Outcome, Resources, executor_for
 from jobs.executors.base import clamp_progress
+from jobs.executors.docker_engine import LABEL_NODE, LABEL_RUN_KEY
 from jobs.services import (
     execution_capacity_release,
     execution_claim,
@@ -123,6 +124,10 @@ class ClaimControl:
     def process_ended(self) -> None:
         run_end(self.claim_token)
 
+    def container_labels(self) -> dict[str, str]:
+        """Labels of the containers the run starts: the worker's janitor finds them by these."""
+        return {LABEL_NODE: current_node_name() or "", LABEL_RUN_KEY: run_key(self.claim_token)}
+
 
 def execution_run(*, execution_id: int) -> str | None:
     """Claim, run and finish one execution on this worker; returns its outcome status (None: not ours)."""
@@ -147,7 +152,11 @@ def execution_run(*, execution_id: int) -> str | None:
     control = ClaimControl(execution_id, claim.claim_token)
     try:
         outcome = executor_for(claim.kind).run(
-            claim.payload, timeout=claim.timeout_seconds, control=control, execution_id=execution_id
+            claim.payload,
+            timeout=claim.timeout_seconds,
+            control=control,
+            execution_id=execution_id,
+            resources=Resources(cpu=float(claim.cpu or 0), memory_mb=int(claim.memory_mb or 0)),
         )
     except Exception as exc:  # an executor bug must still end the run, never leave it "running"
         logger.exception("execution %s: executor %s crashed", execution_id, claim.kind)

@@ -22,19 +22,21 @@ class JobFilter(StrictFilterSet):
 
 
 class ExecutionFilter(StrictFilterSet):
-    """Executions by job, status (repeatable), node, trigger, and created since/until (ISO-8601)."""
+    """Executions by job, status (repeatable), node, trigger, end cause (repeatable, e.g. oom_killed), and
+    created since/until (ISO-8601)."""
 
     job = IdFilter(field_name="job_id")
     status = django_filters.MultipleChoiceFilter(choices=Execution.Status.choices)
     node = IdFilter(field_name="node_id")
     node_name = django_filters.CharFilter(field_name="node__name", max_length=255)
     trigger = django_filters.ChoiceFilter(choices=Execution.Trigger.choices)
+    end_cause = django_filters.MultipleChoiceFilter(choices=Execution.EndCause.choices)
     since = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
     until = UtcDateTimeFilter(field_name="created_at", lookup_expr="lte")
 
     class Meta:
         model = Execution
-        fields = ["job", "status", "node", "node_name", "trigger", "since", "until"]
+        fields = ["job", "status", "node", "node_name", "trigger", "end_cause", "since", "until"]
 
 
 class DeadLetterFilter(StrictFilterSet):

@@ -127,7 +127,10 @@ class JobSerializer(serializers.Serializer):
     description = Text(required=False, allow_blank=True, max_length=10000)
     kind = serializers.ChoiceField(choices=Job.Kind.choices)
     payload = SizedJSONField(
-        help_text="per kind: shell {command: [argv]}, http {method, url, ...}, python {handler, kwargs}"
+        help_text=(
+            "per kind: shell {command: [argv]}, http {method, url, ...}, python {handler, kwargs}, container"
+            " {image, command: [argv], env, workdir, network: none|bridge, pull: never|if-missing, user}"
+        )
     )
     schedule = ScheduleSerializer(required=False, allow_null=True, help_text="null: runs only when run")
     priority = Integer(required=False, max_value=SMALLINT_MAX, help_text="0 (low) - 9")
@@ -261,6 +264,9 @@ class ExecutionSerializer(serializers.ModelSerializer):
             "error",
             "result",
             "progress",
+            "end_cause",
+            "memory_peak_bytes",
+            "cpu_seconds",
             "output_truncated",
             "retry_of",
             "replay_of",

@@ -19,6 +19,17 @@ class Outcome:
     output_truncated: bool = False
     error: str = ""
     result: Any = None
+    cause: str = ""  # an Execution.EndCause value: why it ended ("" when the executor does not say)
+    memory_peak_bytes: int | None = None  # what the run used, when its executor could measure it
+    cpu_seconds: float | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What placement reserved for the run: the job's cpu and memory_mb (0: not limited)."""
+
+    cpu: float = 0.0
+    memory_mb: int = 0
 
 
 class RunControl(Protocol):
@@ -32,6 +43,10 @@ class RunControl(Protocol):
 
     def progress_update(self, value: float) -> None:
         """Store a progress report (0..100)."""
+
+    # Optional (a worker's control has them; getattr with a default elsewhere): process_env() for the
+    # variables marking a run's processes, process_started(pid) / process_ended(), container_labels()
+    # for the labels marking its containers, log_feed(bytes) for the live log.
 
 
 @dataclass

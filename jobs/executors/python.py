@@ -361,6 +361,7 @@ def run(
     timeout: float,
     control: RunControl | None = None,
     execution_id: int | None = None,
+    **_: Any,
 ) -> Outcome:
     """Call the handler with its kwargs; interrupt it at the timeout or when the run is cancelled."""
     control = control or LocalControl()

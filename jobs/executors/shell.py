@@ -5,6 +5,10 @@ supplementary groups, umask 077 and at most SCHEDULER_SHELL_MAX_PROCESSES proces
 cannot read the worker's environment (/proc/<pid>/environ is its owner's only) nor the files under var/.
 Every run gets a fresh empty working directory (also its HOME and TMPDIR), removed afterwards, unless the
 payload names a `cwd`.
+
+With SCHEDULER_SHELL_SANDBOX=container the command runs instead in a container of
+SCHEDULER_SHELL_SANDBOX_IMAGE (the `container` executor: the job's cpu and memory enforced, no network,
+nothing of the worker's host visible), on nodes labelled runtime=docker only.
 """
 
 from __future__ import annotations
@@ -25,7 +29,16 @@ from typing import IO, Any
 
 from django.conf import settings
 
-from .base import LocalControl, Outcome, OutputTail, RunControl, clamp_progress, payload_envelope_errors
+from . import container
+from .base import (
+    LocalControl,
+    Outcome,
+    OutputTail,
+    Resources,
+    RunControl,
+    clamp_progress,
+    payload_envelope_errors,
+)
 
 POLL_SECONDS = 1.0  # how often cancellation is checked and the output tail stored
 KILL_GRACE_SECONDS = 3.0  # between SIGTERM and SIGKILL of the process group
@@ -56,6 +69,19 @@ def validate(payload: Any) -> dict[str, str]:
     if cwd is not None and (not isinstance(cwd, str) or not os.path.isabs(cwd)):
         errors["payload.cwd"] = "must be an absolute path"
     return errors
+
+
+def sandboxed(payload: dict[str, Any]) -> dict[str, Any]:
+    """The container payload a sandboxed shell job runs as."""
+    boxed: dict[str, Any] = {
+        "image": settings.SCHEDULER_SHELL_SANDBOX_IMAGE,
+        "command": payload["command"],
+        "env": payload.get("env", {}),
+        "network": "none",
+    }
+    if payload.get("cwd"):
+        boxed["workdir"] = payload["cwd"]
+    return boxed
 
 
 def job_environment(payload_env: dict[str, str], execution_id: int | None) -> dict[str, str]:
@@ -146,9 +172,18 @@ def run(
     timeout: float,
     control: RunControl | None = None,
     execution_id: int | None = None,
+    resources: Resources | None = None,
 ) -> Outcome:
     """Run the command; return its outcome (exit code, bounded output, timed_out / cancelled)."""
     control = control or LocalControl()
+    if settings.SCHEDULER_SHELL_SANDBOX == "container":
+        return container.run(
+            sandboxed(payload),
+            timeout=timeout,
+            control=control,
+            execution_id=execution_id,
+            resources=resources,
+        )
     tail = OutputTail(sink=getattr(control, "log_feed", None))
     # A worker's control marks the job's processes (environment) and records their group, so that what a
     # run leaves behind when its worker dies is found and killed (worker.processes).
@@ -200,7 +235,9 @@ def _run(
             **as_user,
         )
     except (OSError, subprocess.SubprocessError) as exc:
-        return Outcome(status="failed", error=f"cannot start {payload['command'][0]!r}: {exc}")
+        return Outcome(
+            status="failed", error=f"cannot start {payload['command'][0]!r}: {exc}", cause="start_failed"
+        )
     assert proc.stdout is not None  # noqa: S101 - stdout=PIPE above
     started, ended = getattr(control, "process_started", None), getattr(control, "process_ended", None)
     if started is not None:
@@ -224,10 +261,13 @@ def _run(
         output=tail.text(),
         output_truncated=tail.truncated,
     )
+    outcome.cause = "exited"
     if stop == "timed_out":
         outcome.status, outcome.error = "timed_out", f"timed out after {timeout:g}s; process group killed"
+        outcome.cause = "timed_out"
     elif stop:
         outcome.status, outcome.error = "cancelled", f"{stop}; process group killed"
+        outcome.cause = "cancelled"
     elif proc.returncode:
         outcome.error = f"exited with code {proc.returncode}"
     return outcome

@@ -44,6 +44,7 @@ from nodes.placement import capacity_release, capacity_release_sql, node_queue_n
 from scheduler_project.db import sql_execute
 
 from .. import messages
+from ..executors import DOCKER_RUNTIME_LABELS, container_kinds
 from ..executors.base import Outcome
 from ..models import Execution
 from .retries import FailedAttempt, failure_records_create
@@ -109,12 +110,14 @@ class Changed:
     timeout_seconds: Any = None
     kind: str = ""
     payload: Any = None
+    cpu: Any = None
+    memory_mb: Any = None
 
 
 _RETRY_COLUMNS = ("max_retries", "retry_backoff_seconds", "retry_backoff_max_seconds", "retry_jitter")
 _CHANGED_FIELDS = (
     "id", "job_id", "attempt", "error", "node_name", *_RETRY_COLUMNS, "priority", "timeout_seconds", "kind",
-    "payload",
+    "payload", "cpu", "memory_mb",
 )  # fmt: skip
 
 
@@ -145,7 +148,9 @@ def _transition_sql(
         returned["node_name"] = "(SELECT name FROM nodes_node WHERE id = e.node_id)"
         returned.update({c: f"j.{c}" for c in ("priority", "timeout_seconds")})
     if with_payload:
-        returned.update({c: f"j.{c}" for c in ("kind", "payload", "timeout_seconds", "max_retries")})
+        returned.update(
+            {c: f"j.{c}" for c in ("kind", "payload", "timeout_seconds", "max_retries", "cpu", "memory_mb")}
+        )
     join_job = any(expr.startswith("j.") for expr in returned.values())
     tables = ["jobs_job AS j"] if join_job else []
     if len(source) == 1:
@@ -330,11 +335,20 @@ WITH ins AS (
     ON CONFLICT (job_id, scheduled_for, attempt) DO NOTHING
     RETURNING id, job_id, scheduled_for, attempt, trigger
 )
-SELECT ins.id, ins.job_id, ins.scheduled_for, ins.attempt, ins.trigger, j.cpu, j.memory_mb, j.node_selector,
+SELECT ins.id, ins.job_id, ins.scheduled_for, ins.attempt, ins.trigger, j.cpu, j.memory_mb, {selector},
     j.priority, j.concurrency_policy, j.misfire_policy, s.type, s.every_seconds
 FROM ins JOIN jobs_job AS j ON j.id = ins.job_id LEFT JOIN jobs_jobschedule AS s ON s.job_id = ins.job_id
 ORDER BY ins.id
 """
+
+
+def _selector_sql() -> str:
+    """The job's node_selector plus the labels its kind needs (a container engine for container jobs), as
+    SQL over jobs_job AS j; formatted from this product's constants only."""
+    kinds = ", ".join(f"'{kind}'" for kind in container_kinds())
+    labels = json.dumps(DOCKER_RUNTIME_LABELS)
+    own = "CASE WHEN jsonb_typeof(j.node_selector) = 'object' THEN j.node_selector ELSE '{}'::jsonb END"
+    return f"CASE WHEN j.kind IN ({kinds}) THEN {own} || '{labels}'::jsonb ELSE j.node_selector END"
 
 
 def executions_create(
@@ -345,7 +359,9 @@ def executions_create(
     whose status is active (beat's firings)."""
     if not items:
         return []
-    sql = _CREATE.format(only_active="AND jj.status = 'active'" if only_active else "")
+    sql = _CREATE.format(
+        only_active="AND jj.status = 'active'" if only_active else "", selector=_selector_sql()
+    )
     params: list[Any] = [
         now or timezone.now(),
         [i.job_id for i in items],
@@ -411,8 +427,8 @@ def executions_skip(*, ids: Sequence[int], reason: str) -> list[Changed]:
 def executions_pending_lock(*, limit: int) -> list[Created]:
     """Pending executions to place, highest priority first, then oldest; locked (others skip them)."""
     rows = sql_execute(
-        "SELECT e.id, e.job_id, e.scheduled_for, e.attempt, e.trigger, j.cpu, j.memory_mb, "
-        "j.node_selector, j.priority, j.concurrency_policy, j.misfire_policy "
+        "SELECT e.id, e.job_id, e.scheduled_for, e.attempt, e.trigger, j.cpu, j.memory_mb, "  # noqa: S608
+        f"{_selector_sql()}, j.priority, j.concurrency_policy, j.misfire_policy "
         "FROM jobs_execution AS e JOIN jobs_job AS j ON j.id = e.job_id WHERE e.status = 'pending' "
         "ORDER BY j.priority DESC, e.created_at, e.id LIMIT %s FOR UPDATE OF e SKIP LOCKED",
         [limit],
@@ -435,6 +451,8 @@ class Claim:
     timeout_seconds: int
     attempt: int
     max_retries: int
+    cpu: Any = 0
+    memory_mb: int = 0
 
     @property
     def retries_left(self) -> bool:
@@ -488,7 +506,7 @@ def execution_claim(
     if rows:
         row = rows[0]
         return Claim(row.id, token, row.job_id, row.kind, row.payload, row.timeout_seconds, row.attempt,
-                     row.max_retries)  # fmt: skip
+                     row.max_retries, row.cpu or 0, row.memory_mb or 0)  # fmt: skip
     return _stale_claim_resolve(
         execution_id=execution_id, node_name=node_name, pid=pid, token=token, leftovers_gone=leftovers_gone
     )
@@ -513,6 +531,8 @@ def _stale_claim_resolve(
             "job__timeout_seconds",
             "attempt",
             "job__max_retries",
+            "job__cpu",
+            "job__memory_mb",
         )  # fmt: skip
         .first()
     )
@@ -643,6 +663,9 @@ def _finish(execution_id: int, claim_token: uuid.UUID, outcome: Outcome, *, retr
         "output": outcome.output,
         "output_truncated": outcome.output_truncated,
         "result": outcome.result,
+        "end_cause": outcome.cause,
+        "memory_peak_bytes": outcome.memory_peak_bytes,
+        "cpu_seconds": outcome.cpu_seconds,
     }
     done = {"progress": 100.0} if outcome.status == S.SUCCEEDED else {}
     won = transition(
