@@ -167,12 +167,12 @@ class Execution(models.Model):
 
     class EndCause(models.TextChoices):
         # Why a run that started ended, as its executor saw it ("" before it ends, or when nothing ran).
-        EXITED = "exited"  # the command ended by itself (any exit code)
-        OOM_KILLED = "oom_killed"  # killed by the kernel: it went over its memory_mb
-        TIMED_OUT = "timed_out"  # killed at the job's timeout
-        CANCELLED = "cancelled"  # killed because it was cancelled
-        ENGINE_ERROR = "engine_error"  # the container engine failed (or was unreachable) mid-run
-        START_FAILED = "start_failed"  # never started: missing program or image, refused by the engine
+        EXITED = "exited", "exited"  # the command ended by itself (any exit code)
+        OOM_KILLED = "oom_killed", "out of memory"  # killed by the kernel: it went over its memory_mb
+        TIMED_OUT = "timed_out", "timed out"  # killed at the job's timeout
+        CANCELLED = "cancelled", "cancelled"  # killed because it was cancelled
+        ENGINE_ERROR = "engine_error", "engine error"  # the container engine failed (or went away) mid-run
+        START_FAILED = "start_failed", "did not start"  # missing program or image, refused by the engine
 
     class Trigger(models.TextChoices):
         SCHEDULE = "schedule"  # fired by beat for a slot

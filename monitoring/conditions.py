@@ -35,15 +35,20 @@ Incidents = dict[str, Incident]
 @dataclass(frozen=True)
 class Param:
     name: str
-    kind: type
+    kind: type  # int, float, str, or list (of strings, each one of `choices`)
     required: bool = False
     default: Any = None
     minimum: float | None = None
     maximum: float | None = None
+    choices: tuple[str, ...] = ()
 
 
 PARAMS: dict[str, list[Param]] = {
-    AlertRule.Kind.EXECUTION_FAILED: [Param("window_seconds", int, default=3600, minimum=1)],
+    AlertRule.Kind.EXECUTION_FAILED: [
+        Param("window_seconds", int, default=3600, minimum=1),
+        # Only runs that ended this way, e.g. ["oom_killed"]; absent: every failure.
+        Param("end_causes", list, choices=tuple(Execution.EndCause.values)),
+    ],
     AlertRule.Kind.EXECUTION_DEAD: [Param("window_seconds", int, default=7 * 86400, minimum=1)],
     AlertRule.Kind.NODE_OFFLINE: [Param("node", str)],
     AlertRule.Kind.QUEUE_BACKLOG: [Param("threshold", int, required=True, minimum=0), Param("queue", str)],
@@ -66,7 +71,19 @@ JOB_KINDS = frozenset(
 )
 
 
+def _list_value(spec: Param, value: Any) -> tuple[Any, str | None]:
+    allowed = ", ".join(spec.choices)
+    if not isinstance(value, list) or not value or not all(isinstance(item, str) for item in value):
+        return None, f"must be a non-empty list of strings among {allowed}"
+    unknown = [item for item in value if item not in spec.choices]
+    if unknown:
+        return None, f"unknown {', '.join(repr(item[:50]) for item in unknown[:5])}: must be among {allowed}"
+    return list(dict.fromkeys(value)), None  # in the order given, each once
+
+
 def _param_value(spec: Param, value: Any) -> tuple[Any, str | None]:
+    if spec.kind is list:
+        return _list_value(spec, value)
     if spec.kind is str:
         return (value, None) if isinstance(value, str) and value else (None, "must be a non-empty string")
     if isinstance(value, bool) or not isinstance(value, int | float):
@@ -119,22 +136,35 @@ def execution_failed(rule: AlertRule, now: datetime) -> Incidents:
     later_success = Execution.objects.filter(
         job_id=OuterRef("job_id"), status=Execution.Status.SUCCEEDED, finished_at__gt=OuterRef("finished_at")
     )
-    failed = (
-        _executions(rule)
-        .filter(
-            status__in=FAILURE_STATUSES, finished_at__gte=_since(rule, now, rule.params["window_seconds"])
-        )
-        .filter(~Exists(later_success))
-        .select_related("job")
-        .order_by("finished_at")[:MAX_INCIDENTS]
+    failed = _executions(rule).filter(
+        status__in=FAILURE_STATUSES, finished_at__gte=_since(rule, now, rule.params["window_seconds"])
     )
+    if rule.params.get("end_causes"):
+        failed = failed.filter(end_cause__in=rule.params["end_causes"])
+    failed = failed.filter(~Exists(later_success)).select_related("job").order_by("finished_at")
     return {
         f"execution:{e.pk}": Incident(
-            f"execution {e.pk} of job {e.job.name!r} {e.status}: {(e.error or e.status)[:200]}",
-            {"execution_id": e.pk, "job_id": e.job_id, "status": e.status, "attempt": e.attempt},
+            f"execution {e.pk} of job {e.job.name!r} {e.status}{_cause(e.end_cause)}: "
+            f"{(e.error or e.status)[:200]}",
+            {
+                "execution_id": e.pk,
+                "job_id": e.job_id,
+                "status": e.status,
+                "attempt": e.attempt,
+                **_usage(e),
+            },
         )
-        for e in failed
+        for e in failed[:MAX_INCIDENTS]
     }
+
+
+def _cause(end_cause: str) -> str:
+    return f" ({end_cause})" if end_cause else ""
+
+
+def _usage(e: Execution) -> dict[str, Any]:
+    """Why the run ended and what it used, for an incident's details ("" / None when not known)."""
+    return {"end_cause": e.end_cause, "memory_peak_bytes": e.memory_peak_bytes, "cpu_seconds": e.cpu_seconds}
 
 
 def execution_dead(rule: AlertRule, now: datetime) -> Incidents:
@@ -146,10 +176,16 @@ def execution_dead(rule: AlertRule, now: datetime) -> Incidents:
         letters = letters.filter(job_id=rule.job_id)
     return {
         f"dead_letter:{d.pk}": Incident(
-            f"execution {d.execution_id} of job {d.job.name!r} is dead: {(d.error or '')[:200]}",
-            {"dead_letter_id": d.pk, "execution_id": d.execution_id, "job_id": d.job_id},
+            f"execution {d.execution_id} of job {d.job.name!r} is dead"
+            f"{_cause(d.execution.end_cause)}: {(d.error or '')[:200]}",
+            {
+                "dead_letter_id": d.pk,
+                "execution_id": d.execution_id,
+                "job_id": d.job_id,
+                **_usage(d.execution),
+            },
         )
-        for d in letters.select_related("job").order_by("created_at")[:MAX_INCIDENTS]
+        for d in letters.select_related("job", "execution").order_by("created_at")[:MAX_INCIDENTS]
     }
 
 

@@ -1,5 +1,8 @@
 """Execution, JobRetry and DeadLetter admin: read-only history, cancel and replay actions.
 
+An execution shows why it ended (its end cause, e.g. "out of memory"; filterable) and, when its executor
+measured them (container jobs), its peak memory against the job's memory_mb and its CPU seconds.
+
 Rows are scoped by their job's owner (accounts.admin_scoping), as the API scopes them; each action needs
 what the API needs: cancel and replay the submitter role (on their own rows), discard an operator.
 """
@@ -19,6 +22,7 @@ from accounts.admin_scoping import RoleScopedAdmin
 
 from ..models import DeadLetter, Execution, JobRetry
 from ..services import dead_letter_discard, dead_letter_replay, execution_cancel
+from .display import END_CAUSE_TEXT, cpu_text, end_cause_text, memory_text
 
 
 class ReadOnlyAdmin(RoleScopedAdmin):
@@ -37,6 +41,22 @@ class ReadOnlyAdmin(RoleScopedAdmin):
         return False
 
 
+class EndCauseFilter(admin.SimpleListFilter):
+    """?end_cause=oom_killed, as the API's filter is named; the choices in words ("out of memory")."""
+
+    title = "end cause"
+    parameter_name = "end_cause"
+
+    def lookups(self, request: HttpRequest, model_admin: Any) -> list[tuple[str, str]]:
+        return [("none", "none (not ended, or not said)"), *END_CAUSE_TEXT.items()]
+
+    def queryset(self, request: HttpRequest, queryset: QuerySet[Execution]) -> QuerySet[Execution]:
+        value = self.value()
+        if value is None:
+            return queryset
+        return queryset.filter(end_cause="" if value == "none" else value)
+
+
 @admin.register(Execution)
 class ExecutionAdmin(ReadOnlyAdmin):
     list_display = [
@@ -50,15 +70,29 @@ class ExecutionAdmin(ReadOnlyAdmin):
         "started_at",
         "finished_at",
         "exit_code",
+        "end_cause_label",
         "progress",
     ]
-    list_filter = ["status", "trigger", "node", ("job", admin.RelatedOnlyFieldListFilter)]
+    list_filter = ["status", EndCauseFilter, "trigger", "node", ("job", admin.RelatedOnlyFieldListFilter)]
     search_fields = ["job__name", "error", "=id"]
     list_select_related = ["job", "node"]
     date_hierarchy = "created_at"
     actions = ["cancel"]
-    exclude = ["output"]
-    readonly_fields = ["output_text"]
+    # Raw bytes and float seconds are shown as MB and seconds (memory_used, cpu_used) instead.
+    exclude = ["output", "end_cause", "memory_peak_bytes", "cpu_seconds"]
+    readonly_fields = ["end_cause_label", "memory_used", "cpu_used", "output_text"]
+
+    @admin.display(description="end cause", ordering="end_cause")
+    def end_cause_label(self, execution: Execution) -> str:
+        return end_cause_text(execution.end_cause) or "-"
+
+    @admin.display(description="peak memory")
+    def memory_used(self, execution: Execution) -> str:
+        return memory_text(execution.memory_peak_bytes, execution.job.memory_mb) or "-"
+
+    @admin.display(description="CPU seconds")
+    def cpu_used(self, execution: Execution) -> str:
+        return cpu_text(execution.cpu_seconds) or "-"
 
     @admin.display(description="output")
     def output_text(self, execution: Execution) -> str:

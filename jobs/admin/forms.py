@@ -51,6 +51,14 @@ class JobAdminForm(forms.ModelForm):
     class Meta:
         model = Job
         fields = JOB_FORM_FIELDS
+        help_texts = {
+            "payload": (
+                'per kind, as in the API: shell {"command": [argv]}; http {"method", "url", ...}; python'
+                ' {"handler", "kwargs"}; container {"image", "command": [argv], "env", "workdir",'
+                ' "network": "none"|"bridge", "pull": "never"|"if-missing", "user"} (runs only on nodes'
+                " labelled runtime=docker, with cpu and memory_mb enforced)"
+            ),
+        }
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

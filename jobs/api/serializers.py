@@ -242,6 +242,13 @@ class ExecutionSerializer(serializers.ModelSerializer):
     job_name = serializers.CharField(source="job.name", read_only=True)
     node = serializers.CharField(source="node.name", read_only=True, allow_null=True, default=None)
     duration_seconds = serializers.FloatField(read_only=True, allow_null=True)
+    end_cause = serializers.ChoiceField(
+        choices=Execution.EndCause.choices,
+        allow_blank=True,
+        read_only=True,
+        help_text="why the run ended (empty while it runs, or when nothing ran): oom_killed is the kernel's "
+        "out-of-memory kill, told apart from timed_out and cancelled",
+    )
 
     class Meta:
         model = Execution

@@ -1,4 +1,8 @@
-"""What the dashboard shows, for one viewer: their jobs' executions (operators: all) and the nodes."""
+"""What the dashboard shows, for one viewer: their jobs' executions (operators: all) and the nodes.
+
+A failure shows why its run ended (end_cause, e.g. "out of memory") and, when measured (container jobs),
+its peak memory against the job's memory_mb and its CPU seconds.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,7 @@ from django.db.models.functions import TruncHour
 from django.utils import timezone
 
 from accounts.permissions import is_operator, scope_to_user
+from jobs.admin.display import cpu_text, end_cause_text, memory_text
 from jobs.models import DeadLetter, Execution, Job
 from monitoring.selectors.summary import FAILURE_STATUSES, _nodes
 
@@ -87,6 +92,10 @@ def dashboard_data(*, user: Any) -> dict[str, Any]:
                 "status": e.status,
                 "finished_at": e.finished_at,
                 "error": e.error[:200],
+                "end_cause": e.end_cause,
+                "end_cause_text": end_cause_text(e.end_cause),
+                "memory_text": memory_text(e.memory_peak_bytes, e.job.memory_mb),
+                "cpu_text": cpu_text(e.cpu_seconds),
             }
             for e in failures
         ],
@@ -109,7 +118,7 @@ def dashboard_data(*, user: Any) -> dict[str, Any]:
 def dashboard_cached(*, user: Any) -> dict[str, Any]:
     """dashboard_data() cached a few seconds per scope (one entry for all operators, one per other user)."""
     scope = "all" if is_operator(user) else f"user:{user.pk}"
-    key = f"monitoring:dashboard:v1:{scope}"
+    key = f"monitoring:dashboard:v2:{scope}"  # v2: failures carry their end cause
     ttl = float(settings.SCHEDULER_METRICS_CACHE_SECONDS)
     if ttl <= 0:
         return dashboard_data(user=user)

@@ -23,7 +23,9 @@ MIN_SENDING_LEASE = timedelta(minutes=2)
 INTERRUPTED = "the sender stopped while sending (died or lost the database); it may have arrived"
 
 
-def _rule_validate(rule: AlertRule) -> None:
+def alert_rule_validate(rule: AlertRule) -> None:
+    """Check a rule as the API and the admin save it (params get their defaults); a ValidationError names
+    each bad field ("params.<name>" for a param)."""
     errors: dict[str, str] = {}
     if not (rule.name or "").strip():
         errors["name"] = "is required"
@@ -50,7 +52,7 @@ def alert_rule_create(*, actor: Any = None, **fields: Any) -> AlertRule:
     if isinstance(fields.get("job"), int):
         fields["job"] = Job.objects.filter(pk=fields["job"]).first() or _no_job(fields["job"])
     rule = AlertRule(created_by=actor if getattr(actor, "pk", None) else None, **fields)
-    _rule_validate(rule)
+    alert_rule_validate(rule)
     rule.save()
     return rule
 
@@ -68,7 +70,7 @@ def alert_rule_update(*, rule: AlertRule, **changes: Any) -> AlertRule:
     rule = AlertRule.objects.select_for_update().get(pk=rule.pk)
     for name, value in changes.items():
         setattr(rule, name, value)
-    _rule_validate(rule)
+    alert_rule_validate(rule)
     rule.save()
     return rule
 

@@ -7,12 +7,15 @@ once its run is recovered; the janitor removes what a run left behind.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 from decimal import Decimal
 from typing import Any
 
+import docker.errors
 import pytest
+from django.test import Client
 from rest_framework.test import APIClient
 
 from jobs.executors.docker_engine import LABEL_EXECUTION, LABEL_NODE, LABEL_RUN_KEY
@@ -116,6 +119,18 @@ def test_oom_kill_is_visible_through_the_api_and_a_job_under_its_limit_succeeds(
     bad = api.get("/api/v1/executions/", {"end_cause": "melted"})
     assert bad.status_code == 400
     assert "end_cause" in str(bad.json())
+    # The same run in the admin (filtered by its cause) and on the dashboard.
+    admin = Client()
+    admin.force_login(make_user("root", is_staff=True, is_superuser=True))
+    listed = admin.get("/admin/jobs/execution/", {"end_cause": "oom_killed"}).content.decode()
+    assert f"/admin/jobs/execution/{hog_id}/change/" in listed
+    assert f"/admin/jobs/execution/{fits_id}/change/" not in listed
+    detail = admin.get(f"/admin/jobs/execution/{hog_id}/change/").content.decode()
+    assert "out of memory" in detail
+    assert "killed: out of memory (limit 64 MB)" in detail
+    viewer = Client()
+    viewer.force_login(user)
+    assert "out of memory" in viewer.get("/dashboard/").content.decode()
     assert containers_of(docker_engine) == []
 
 
@@ -188,22 +203,31 @@ def test_a_killed_pool_process_leaves_no_container(
 def test_the_janitor_removes_containers_of_runs_that_are_over(
     docker_worker: Any, docker_engine: Any, make_user: Any
 ) -> None:
-    proc = docker_worker()
-    client = docker_engine.client()
-    try:
-        # A container of this node for an execution the database does not know (e.g. the run was deleted).
-        stray = client.containers.create(docker_engine.image, ["sleep", "300"], network_mode="none",
-                                         labels={LABEL_EXECUTION: "999999", LABEL_NODE: NODE,
-                                                 LABEL_RUN_KEY: "0" * 32})  # fmt: skip
-        stray.start()
-        other = client.containers.create(docker_engine.image, ["sleep", "300"], network_mode="none",
-                                         labels={LABEL_EXECUTION: "999999", LABEL_NODE: "someone@else",
-                                                 LABEL_RUN_KEY: "0" * 32})  # fmt: skip
-        other.start()
-    finally:
-        client.close()
-    wait(lambda: not containers_of(docker_engine, **{LABEL_NODE: NODE}), what="the janitor", procs=(proc,))
+    def stray(node: str) -> Any:
+        """A running container of `node` for an execution the database does not know (e.g. deleted)."""
+        client = docker_engine.client()
+        try:
+            labels = {LABEL_EXECUTION: "999999", LABEL_NODE: node, LABEL_RUN_KEY: "0" * 32}
+            return client.containers.run(docker_engine.image, ["sleep", "300"], network_mode="none",
+                                         labels=labels, detach=True)  # fmt: skip
+        finally:
+            client.close()
+
+    left, other = stray(NODE), stray("someone@else")  # left behind before this worker started
+    proc = docker_worker()  # its start removes what is over
+    wait(
+        lambda: not containers_of(docker_engine, **{LABEL_NODE: NODE}),
+        what="the janitor at start",
+        procs=(proc,),
+    )
     assert [c.id for c in containers_of(docker_engine)] == [other.id]  # another node's is not ours to remove
+    assert left.id not in [c.id for c in containers_of(docker_engine)]
+    # And while it runs (every SCHEDULER_CONTAINER_JANITOR_SECONDS): one that appears later goes too.
+    with contextlib.suppress(docker.errors.APIError):  # the janitor may remove it before it starts
+        stray(NODE)
+    wait(lambda: not containers_of(docker_engine, **{LABEL_NODE: NODE}), what="the periodic janitor",
+         procs=(proc,))  # fmt: skip
+    assert [c.id for c in containers_of(docker_engine)] == [other.id]
     other.remove(force=True)
 
 
