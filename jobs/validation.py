@@ -13,7 +13,7 @@ from django.core.exceptions import ValidationError
 from nodes.placement import placement_impossible_reason
 from scheduler_project.jsonvalues import json_storable_problem
 
-from .executors import payload_errors
+from .executors import Resources, container, container_kinds, payload_errors
 from .models import Job
 from .schedules import ScheduleInvalid, ScheduleSpec, schedule_spec_parse
 
@@ -156,6 +156,10 @@ def job_input_clean(
         and fields["retry_backoff_max_seconds"] < fields["retry_backoff_seconds"]
     ):
         errors["retry_backoff_max_seconds"] = "must be at least retry_backoff_seconds"
+    if "memory_mb" not in errors and kind in container_kinds():
+        problem = container.resources_error(Resources(memory_mb=fields["memory_mb"]))
+        if problem is not None:
+            errors["memory_mb"] = problem
     spec = None
     if check_schedule:
         try:

@@ -222,6 +222,9 @@ SCHEDULER_SHELL_MAX_PROCESSES = knob.int("SCHEDULER_SHELL_MAX_PROCESSES", 256, l
 # A worker whose Docker Engine answers (DOCKER_HOST, else the default socket) labels its node
 # runtime=docker; "off" never looks (container jobs then never land on its node).
 SCHEDULER_CONTAINER_RUNTIME = knob.str("SCHEDULER_CONTAINER_RUNTIME", "auto", choices={"auto", "off"})
+# The images container jobs may name: comma-separated shell-style patterns, e.g.
+# "registry.example.com/*,busybox:*"; empty: any image (pull: if-missing pulls from the engine's registry).
+SCHEDULER_CONTAINER_IMAGES = env.list("SCHEDULER_CONTAINER_IMAGES", default=[])
 # At most this many processes (and threads) in one container (--pids-limit; 0: the engine's default).
 SCHEDULER_CONTAINER_PIDS_LIMIT = knob.int("SCHEDULER_CONTAINER_PIDS_LIMIT", 256, low=0, high=1000000)
 # How often a worker removes the containers of runs that are over (also at every start).

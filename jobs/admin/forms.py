@@ -93,9 +93,10 @@ class JobAdminForm(forms.ModelForm):
             job_input_clean(
                 self._job_data(), schedule=self._schedule_data(), check_schedule=self._schedule_changed()
             )
-            shell_permission_check(user=self.request_user, kind=cleaned.get("kind", ""))
+            kind, payload = cleaned.get("kind", ""), cleaned.get("payload")
+            shell_permission_check(user=self.request_user, kind=kind, payload=payload)
             if not self.instance.pk:  # job_create checks the owner: say so on the form, not with a 403
-                shell_permission_check(user=self._owner(), kind=cleaned.get("kind", ""))
+                shell_permission_check(user=self._owner(), kind=kind, payload=payload)
         except ValidationError as exc:
             for field, messages in exc.message_dict.items():
                 target = field.split(".", 1)[-1] if field.startswith("schedule.") else field.split(".", 1)[0]

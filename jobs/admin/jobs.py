@@ -140,7 +140,9 @@ class JobAdmin(RoleScopedAdmin):
                 self.message_user(request, f"{job} is archived", messages.WARNING)
                 continue
             try:
-                shell_permission_check(user=request.user, kind=job.kind)  # job_trigger does not check it
+                shell_permission_check(
+                    user=request.user, kind=job.kind, payload=job.payload
+                )  # job_trigger does not check it
                 execution = job_trigger(job=job)
             except (PermissionDenied, ValidationError) as exc:
                 self.message_user(request, f"{job}: {_reason(exc)}", messages.ERROR)

@@ -218,7 +218,7 @@ class JobViewSet(
         job = self.get_object()
         with service_errors():
             # Running a shell job needs jobs.run_shell now, not only when it was created.
-            services.shell_permission_check(user=request.user, kind=job.kind)
+            services.shell_permission_check(user=request.user, kind=job.kind, payload=job.payload)
             execution = services.job_trigger(job=job)
         execution = Execution.objects.select_related("job", "node").get(pk=execution.pk)
         return Response(ExecutionDetailSerializer(execution).data, status=status.HTTP_201_CREATED)

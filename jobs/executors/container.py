@@ -14,6 +14,7 @@ CPU seconds and peak memory are sampled from the engine while it runs.
 from __future__ import annotations
 
 import contextlib
+import fnmatch
 import logging
 import re
 import threading
@@ -66,6 +67,15 @@ def _image_error(image: Any) -> str | None:
             f"{image[:100]!r} is not an image reference: [registry[:port]/]name[:tag][@digest], the name in"
             " lower case (e.g. 'busybox:1.36')"
         )
+    return image_allowed_error(image)
+
+
+def image_allowed_error(image: str) -> str | None:
+    """Why this installation does not run `image` (SCHEDULER_CONTAINER_IMAGES patterns), or None."""
+    patterns = settings.SCHEDULER_CONTAINER_IMAGES
+    if patterns and not any(fnmatch.fnmatchcase(image, pattern) for pattern in patterns):
+        allowed = ", ".join(patterns)
+        return f"{image[:100]!r} is not allowed here (SCHEDULER_CONTAINER_IMAGES: {allowed})"
     return None
 
 
@@ -127,7 +137,7 @@ def validate(payload: Any) -> dict[str, str]:
 def resources_error(resources: Resources) -> str | None:
     """Why the engine could not apply these limits, or None."""
     if 0 < resources.memory_mb < MIN_MEMORY_MB:
-        return f"memory_mb must be 0 (no limit) or at least {MIN_MEMORY_MB} for a container job"
+        return f"must be 0 (no limit) or at least {MIN_MEMORY_MB} for a container job (the engine's minimum)"
     return None
 
 
@@ -204,7 +214,7 @@ def run(
     control = control or LocalControl()
     resources = resources or Resources()
     if (problem := resources_error(resources)) is not None:
-        return Outcome(status="failed", error=problem, cause="start_failed")
+        return Outcome(status="failed", error=f"memory_mb {problem}", cause="start_failed")
     try:
         client = engine_client()
         client.ping()
@@ -264,7 +274,10 @@ def _run(
     execution_id: int | None,
     resources: Resources,
 ) -> Outcome:
-    problem = _image_ready(client, payload["image"], payload.get("pull", "if-missing"))
+    # Checked again when it runs: the allowed images may have changed since the job was submitted.
+    problem = image_allowed_error(payload["image"]) or _image_ready(
+        client, payload["image"], payload.get("pull", "if-missing")
+    )
     if problem is not None:
         return Outcome(status="failed", error=problem, cause="start_failed")
     labels = {LABEL_EXECUTION: str(execution_id or 0), **getattr(control, "container_labels", dict)()}

@@ -116,7 +116,9 @@ def jobs_trigger_bulk(*, actor: Any, jobs: Sequence[int]) -> list[Execution]:
     if errors:
         raise ValidationError(errors)
     # Running a shell job needs jobs.run_shell now, not only when it was created (a permission taken away).
-    _shell_check(actor, [({"kind": found[job_id].kind}, None) for job_id in jobs])
+    _shell_check(
+        actor, [({"kind": found[job_id].kind, "payload": found[job_id].payload}, None) for job_id in jobs]
+    )
     executions = _trigger_all([found[job_id] for job_id in jobs])
     logger.info("%d jobs triggered by %s", len(executions), actor)
     return executions
@@ -184,7 +186,7 @@ def _shell_check(owner: Any, cleaned: list[Cleaned]) -> None:
     message = ""
     for index, (fields, _) in enumerate(cleaned):
         try:
-            shell_permission_check(user=owner, kind=fields["kind"])
+            shell_permission_check(user=owner, kind=fields["kind"], payload=fields.get("payload"))
         except PermissionDenied as exc:
             denied.append(f"{index}.kind")
             message = str(exc)

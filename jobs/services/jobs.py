@@ -24,8 +24,24 @@ logger = logging.getLogger(__name__)
 User = AbstractBaseUser | AnonymousUser
 
 
-def shell_permission_check(*, user: Any, kind: str) -> None:
-    """Shell jobs run commands on the workers: they need SCHEDULER_ALLOW_SHELL_JOBS and jobs.run_shell."""
+def host_access(kind: str, payload: Any) -> bool:
+    """Whether a job reaches the worker's host: a shell job, or a container on the host's network."""
+    if kind == Job.Kind.SHELL:
+        return True
+    return kind == Job.Kind.CONTAINER and isinstance(payload, dict) and payload.get("network") == "bridge"
+
+
+def shell_permission_check(*, user: Any, kind: str, payload: Any = None) -> None:
+    """Shell jobs run commands on the workers: they need SCHEDULER_ALLOW_SHELL_JOBS and jobs.run_shell.
+    A container job on the `bridge` network reaches the host's network (its services, the cloud metadata
+    address): it needs jobs.run_shell too; one with network none (the default) does not."""
+    if kind == Job.Kind.CONTAINER and host_access(kind, payload):
+        if user is None or not user.has_perm("jobs.run_shell"):
+            raise PermissionDenied(
+                "container jobs on the 'bridge' network reach the worker host's network: they need the"
+                " permission jobs.run_shell (network 'none' does not)"
+            )
+        return
     if kind != Job.Kind.SHELL:
         return
     if not settings.SCHEDULER_ALLOW_SHELL_JOBS:
@@ -82,7 +98,7 @@ def job_create(
         if existing is not None:
             return existing
     fields, spec = job_input_clean(data, schedule=schedule)
-    shell_permission_check(user=owner, kind=fields["kind"])
+    shell_permission_check(user=owner, kind=fields["kind"], payload=fields["payload"])
     job = Job.objects.create(owner=owner, **fields)
     _schedule_write(job, spec)
     logger.info("job %s created by %s", job.pk, owner)
@@ -102,8 +118,11 @@ def job_update(*, job: Job, actor: Any = None, **changes: Any) -> Job:
     fields, spec = job_input_clean(
         {**current, **changes}, schedule=changes.get("schedule"), check_schedule="schedule" in changes
     )
-    if fields["kind"] == Job.Kind.SHELL and (job.kind != Job.Kind.SHELL or "payload" in changes):
-        shell_permission_check(user=actor if actor is not None else job.owner, kind=Job.Kind.SHELL)
+    if host_access(fields["kind"], fields["payload"]) and (
+        not host_access(job.kind, job.payload) or "payload" in changes or "kind" in changes
+    ):
+        shell_permission_check(user=actor if actor is not None else job.owner, kind=fields["kind"],
+                               payload=fields["payload"])  # fmt: skip
     for name, value in fields.items():
         setattr(job, name, value)
     job.save()

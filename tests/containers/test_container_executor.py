@@ -259,3 +259,32 @@ def test_shell_jobs_sandboxed_in_a_container(docker_host: Any, settings: Any, mo
                     resources=Resources(cpu=0.5, memory_mb=64))  # fmt: skip
     assert hog.cause == "oom_killed"  # the job's limits apply to a sandboxed shell job too
     assert ours(docker_host) == []
+
+
+def test_output_is_streamed_while_the_container_runs(docker_host: Any) -> None:
+    control = LocalControl()
+    streamed: list[bytes] = []
+    control.log_feed = streamed.append  # type: ignore[attr-defined]  # a worker's control has it
+    script = "for i in 1 2 3 4; do echo line $i; sleep 1; done"
+    outcome = run(docker_host, ["sh", "-c", script], control=control)
+    assert outcome.status == "succeeded"
+    assert outcome.output.split() == ["line", "1", "line", "2", "line", "3", "line", "4"]
+    # The tail was stored while it ran, before the last line was printed.
+    assert any("line 1" in text and "line 4" not in text for text in control.outputs), control.outputs
+    assert b"".join(streamed).decode().count("line") == 4
+
+
+def test_only_allowed_images_when_the_installation_lists_them(docker_host: Any, settings: Any) -> None:
+    settings.SCHEDULER_CONTAINER_IMAGES = ["registry.example.com/*", "scheduler-test/*"]
+    assert payload_errors("container", {"image": "scheduler-test/busybox:1"}) == {}
+    errors = payload_errors("container", {"image": "evil.example.org/miner:latest"})
+    assert "SCHEDULER_CONTAINER_IMAGES" in errors["payload.image"]
+    # A job accepted before the list changed is refused when it runs.
+    settings.SCHEDULER_CONTAINER_IMAGES = ["registry.example.com/*"]
+    outcome = container.run(
+        {"image": docker_host.image, "command": ["true"]}, timeout=10, resources=Resources()
+    )
+    assert outcome.status == "failed"
+    assert outcome.cause == "start_failed"
+    assert "SCHEDULER_CONTAINER_IMAGES" in outcome.error
+    assert ours(docker_host) == []

@@ -91,12 +91,17 @@ def test_oom_kill_is_visible_through_the_api_and_a_job_under_its_limit_succeeds(
         "image": docker_engine.image,
         "command": ["dd", "if=/dev/zero", "of=/dev/null", "bs=200M", "count=1"],
     }
-    created = api.post("/api/v1/jobs/", {"name": "hog", "kind": "container", "payload": hog, "memory_mb": 64,
-                                         "cpu": "0.5"}, format="json")  # fmt: skip
+    limits = {"memory_mb": 64, "cpu": 0.5}
+    created = api.post("/api/v1/jobs/", {"name": "hog", "kind": "container", "payload": hog,
+                                         "resources": limits}, format="json")  # fmt: skip
     assert created.status_code == 201, created.json()
-    fits = {"image": docker_engine.image, "command": ["sh", "-c", "dd if=/dev/zero bs=50M count=1 | sleep 2"]}
+    fits = {
+        "image": docker_engine.image,
+        "command": ["sh", "-c", "dd if=/dev/zero bs=100M count=1 | sleep 2"],
+    }
+    limits = {"memory_mb": 128, "cpu": 0.5}
     created_ok = api.post("/api/v1/jobs/", {"name": "fits", "kind": "container", "payload": fits,
-                                            "memory_mb": 128, "cpu": "0.5"}, format="json")  # fmt: skip
+                                            "resources": limits}, format="json")  # fmt: skip
     assert created_ok.status_code == 201, created_ok.json()
     runs = [
         api.post(f"/api/v1/jobs/{body.json()['id']}/run/", {}, format="json")
@@ -113,7 +118,8 @@ def test_oom_kill_is_visible_through_the_api_and_a_job_under_its_limit_succeeds(
     fits_run = api.get(f"/api/v1/executions/{fits_id}/").json()
     assert fits_run["status"] == "succeeded", fits_run
     assert fits_run["end_cause"] == "exited"
-    assert fits_run["memory_peak_bytes"] >= 40 * 2**20
+    assert 90 * 2**20 <= fits_run["memory_peak_bytes"] <= 128 * 2**20  # 100 MB: over the default 64
+    assert Job.objects.get(pk=created_ok.json()["id"]).memory_mb == 128
     oom_only = api.get("/api/v1/executions/", {"end_cause": "oom_killed"}).json()
     assert [row["id"] for row in oom_only["results"]] == [hog_id]
     bad = api.get("/api/v1/executions/", {"end_cause": "melted"})
@@ -282,3 +288,31 @@ def test_sandboxed_shell_jobs_are_placed_on_docker_nodes_only(make_user: Any, se
     run.refresh_from_db()
     assert run.status == "pending"
     assert run.pending_reason == "no online node with labels runtime=docker"
+
+
+def test_the_bridge_network_needs_run_shell_and_limits_the_engine_refuses_are_400(
+    db: Any, make_user: Any
+) -> None:
+    def create(client: APIClient, name: str, payload: dict[str, Any], **fields: Any) -> Any:
+        body = {"name": name, "kind": "container", "payload": {"image": "busybox", **payload}, **fields}
+        return client.post("/api/v1/jobs/", body, format="json")
+
+    plain = token_client(make_user("nel", "submitter"))
+    trusted = token_client(make_user("tru", "submitter", run_shell=True))
+    assert create(plain, "isolated", {"command": ["true"]}).status_code == 201  # network none: no permission
+    refused = create(plain, "bridged", {"network": "bridge"})
+    assert refused.status_code == 403
+    assert "jobs.run_shell" in str(refused.json())
+    assert not Job.objects.filter(name="bridged").exists()
+    assert create(trusted, "bridged", {"network": "bridge"}).status_code == 201
+    # Editing a job of one's own onto the bridge network is checked the same way.
+    isolated = Job.objects.get(name="isolated")
+    edit = plain.patch(f"/api/v1/jobs/{isolated.pk}/", {"payload": {"image": "busybox", "network": "bridge"}},
+                       format="json")  # fmt: skip
+    assert edit.status_code == 403
+    isolated.refresh_from_db()
+    assert isolated.payload.get("network", "none") == "none"
+    tiny = create(plain, "tiny", {}, resources={"memory_mb": 3})
+    assert tiny.status_code == 400, tiny.json()
+    assert "memory_mb" in str(tiny.json())
+    assert create(plain, "unlimited", {}, resources={"memory_mb": 0}).status_code == 201
