@@ -84,6 +84,17 @@ def node_register(
     return node
 
 
+def node_runtime_record(*, name: str, labels: Mapping[str, Any], version: str) -> bool:
+    """A running worker's labels or version changed (its container engine came or went): store them.
+    True if the row changed (gaining a label may let pending work fit)."""
+    changed = Node.objects.filter(name=name).exclude(labels=dict(labels), version=version)
+    if not changed.update(labels=dict(labels), version=version):
+        return False
+    logger.warning("node %s: labels now %s (%s)", name, dict(labels), version)
+    _capacity_available_soon(name)
+    return True
+
+
 @transaction.atomic
 def node_heartbeat_record(*, name: str, cpu_percent: float, memory_used_mb: int, running_count: int) -> bool:
     """Store the node's live usage; a node declared offline that heartbeats again is online again."""

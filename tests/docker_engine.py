@@ -12,8 +12,10 @@ import contextlib
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import tarfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,3 +165,44 @@ def engine_stop(engine: Engine, timeout: float = 30) -> None:
             os.waitpid(engine.pid, 0)
     shutil.rmtree(engine.root / "data", ignore_errors=True)
     shutil.rmtree(engine.root / "exec", ignore_errors=True)
+
+
+class SocketForwarder(threading.Thread):
+    """A unix socket that forwards to the engine's: the link a test cuts to make the engine fail mid-run."""
+
+    def __init__(self, path: Path, target: str) -> None:
+        super().__init__(daemon=True)
+        self.path, self.target = path, target
+        self.server = socket.socket(socket.AF_UNIX)
+        self.server.bind(str(path))
+        self.server.listen(16)
+        self.links: list[socket.socket] = []
+        self.cut = threading.Event()
+
+    def run(self) -> None:
+        while not self.cut.is_set():
+            try:
+                client, _ = self.server.accept()
+            except OSError:
+                return
+            upstream = socket.socket(socket.AF_UNIX)
+            upstream.connect(self.target)
+            self.links += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := a.recv(65536):
+                b.sendall(data)
+        for end in (a, b):
+            with contextlib.suppress(OSError):
+                end.shutdown(socket.SHUT_RDWR)
+
+    def cut_all(self) -> None:
+        self.cut.set()
+        self.server.close()
+        self.path.unlink(missing_ok=True)
+        for link in self.links:
+            with contextlib.suppress(OSError):
+                link.shutdown(socket.SHUT_RDWR)

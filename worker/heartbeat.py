@@ -1,7 +1,8 @@
 """The heartbeat thread of a worker's main process: live usage every SCHEDULER_HEARTBEAT_SECONDS, the
-liveness check of the runs on its node (worker.liveness), the container janitor (worker.containers) every
-SCHEDULER_CONTAINER_JANITOR_SECONDS, and the node drained at once when a warm
-shutdown starts. A database that does not answer costs a tick, never the thread."""
+liveness check of the runs on its node (worker.liveness), and the node drained at once when a warm shutdown
+starts; every SCHEDULER_CONTAINER_JANITOR_SECONDS, the container janitor (worker.containers) and the node's
+runtime label (runtime=docker while its engine answers). A database that does not answer costs a tick,
+never the thread."""
 
 from __future__ import annotations
 
@@ -17,11 +18,11 @@ from django.db import DatabaseError, InterfaceError, close_old_connections
 
 from jobs.services import Held, executions_held
 from nodes.models import Node
-from nodes.services import node_drain, node_heartbeat_record
+from nodes.services import node_drain, node_heartbeat_record, node_runtime_record
 
 from .containers import containers_sweep
 from .dbretry import connections_reset
-from .identity import node_register_self
+from .identity import node_register_self, node_runtime
 from .liveness import claims_check
 
 logger = logging.getLogger(__name__)
@@ -69,6 +70,7 @@ class Heartbeat(threading.Thread):
         self.shutting_down = threading.Event()
         self.wake = threading.Event()
         self._next_sweep = time.monotonic() + settings.SCHEDULER_CONTAINER_JANITOR_SECONDS
+        self._runtime: tuple[dict, str] | None = None  # the labels and version last stored
 
     def run(self) -> None:
         drained = False
@@ -82,6 +84,7 @@ class Heartbeat(threading.Thread):
                     claims_check(node_name=self.node_name, incarnation=self.incarnation, held=held)
                     if time.monotonic() >= self._next_sweep:
                         self._next_sweep = time.monotonic() + settings.SCHEDULER_CONTAINER_JANITOR_SECONDS
+                        self._runtime_check()
                         containers_sweep(node_name=self.node_name)
             except (DatabaseError, InterfaceError, Node.DoesNotExist) as exc:
                 # The database is down or the row was deleted: try again next tick, never die.
@@ -102,6 +105,14 @@ class Heartbeat(threading.Thread):
             logger.warning("node %s vanished from the database: registering again", self.node_name)
             node_register_self(self.node_name)
         return held
+
+    def _runtime_check(self) -> None:
+        """Label the node runtime=docker while its engine answers, and only then (an engine started or
+        stopped after the worker): container jobs are placed where they can run."""
+        labels, version = node_runtime()
+        if (labels, version) != self._runtime:
+            node_runtime_record(name=self.node_name, labels=labels, version=version)
+            self._runtime = (labels, version)
 
     def _drain_for_shutdown(self) -> bool:
         node_drain(name=self.node_name)

@@ -71,20 +71,27 @@ def _ip_address() -> str | None:
         return None
 
 
-def node_register_self(name: str) -> None:
-    """Register this worker's Node (its current incarnation) from the settings and the host it runs on;
-    a node whose Docker Engine answers is labelled runtime=docker and reports the engine's version."""
+def node_runtime() -> tuple[dict[str, Any], str]:
+    """The node's labels and version as this host offers them now: SCHEDULER_NODE_LABELS, plus
+    runtime=docker (and the engine's version) while its Docker Engine answers."""
     try:
         labels = parse_labels(settings.SCHEDULER_NODE_LABELS)
     except ValueError as exc:
         raise ImproperlyConfigured(str(exc)) from exc
-    cpu, memory_mb = capacity()
     version = f"celery {celery.__version__}, python {platform.python_version()}"
     engine = engine_version() if settings.SCHEDULER_CONTAINER_RUNTIME == "auto" else None
     if engine is not None:
         # Container jobs (and sandboxed shell jobs) are placed on nodes with this label only.
         labels = {**DOCKER_RUNTIME_LABELS, **labels}
         version += f", docker {engine}"
+    return labels, version
+
+
+def node_register_self(name: str) -> None:
+    """Register this worker's Node (its current incarnation) from the settings and the host it runs on;
+    a node whose Docker Engine answers is labelled runtime=docker and reports the engine's version."""
+    labels, version = node_runtime()
+    cpu, memory_mb = capacity()
     node_register(
         name=name,
         hostname=name.partition("@")[2] or socket.gethostname(),

@@ -3,8 +3,6 @@ why a run ended, and no container left behind."""
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import threading
 import time
 from pathlib import Path
@@ -14,6 +12,7 @@ import pytest
 
 from jobs.executors import LocalControl, Resources, container, payload_errors
 from jobs.executors.docker_engine import LABEL_EXECUTION
+from tests.docker_engine import SocketForwarder
 
 pytestmark = pytest.mark.integration
 
@@ -145,51 +144,10 @@ def test_a_missing_program_is_a_start_failure(docker_host: Any) -> None:
     assert ours(docker_host) == []
 
 
-class _Forwarder(threading.Thread):
-    """A unix socket that forwards to the engine's: the link a test cuts to make the engine fail mid-run."""
-
-    def __init__(self, path: Path, target: str) -> None:
-        super().__init__(daemon=True)
-        self.path, self.target = path, target
-        self.server = socket.socket(socket.AF_UNIX)
-        self.server.bind(str(path))
-        self.server.listen(16)
-        self.links: list[socket.socket] = []
-        self.cut = threading.Event()
-
-    def run(self) -> None:
-        while not self.cut.is_set():
-            try:
-                client, _ = self.server.accept()
-            except OSError:
-                return
-            upstream = socket.socket(socket.AF_UNIX)
-            upstream.connect(self.target)
-            self.links += [client, upstream]
-            for a, b in ((client, upstream), (upstream, client)):
-                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
-
-    def _pipe(self, a: socket.socket, b: socket.socket) -> None:
-        with contextlib.suppress(OSError):
-            while data := a.recv(65536):
-                b.sendall(data)
-        for end in (a, b):
-            with contextlib.suppress(OSError):
-                end.shutdown(socket.SHUT_RDWR)
-
-    def cut_all(self) -> None:
-        self.cut.set()
-        self.server.close()
-        self.path.unlink(missing_ok=True)
-        for link in self.links:
-            with contextlib.suppress(OSError):
-                link.shutdown(socket.SHUT_RDWR)
-
-
 def test_an_engine_failing_mid_run_fails_the_run_with_its_error(
     docker_engine: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    forwarder = _Forwarder(tmp_path / "engine.sock", docker_engine.host.removeprefix("unix://"))
+    forwarder = SocketForwarder(tmp_path / "engine.sock", docker_engine.host.removeprefix("unix://"))
     forwarder.start()
     monkeypatch.setenv("DOCKER_HOST", f"unix://{forwarder.path}")
     threading.Timer(2.0, forwarder.cut_all).start()

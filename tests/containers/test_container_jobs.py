@@ -25,6 +25,7 @@ from nodes.models import Node
 from nodes.services import node_register
 from tests.api.conftest import token_client
 from tests.conftest import wait_for
+from tests.docker_engine import SocketForwarder
 
 pytestmark = pytest.mark.integration
 NODE = "cw1@dockerhost"
@@ -316,3 +317,23 @@ def test_the_bridge_network_needs_run_shell_and_limits_the_engine_refuses_are_40
     assert tiny.status_code == 400, tiny.json()
     assert "memory_mb" in str(tiny.json())
     assert create(plain, "unlimited", {}, resources={"memory_mb": 0}).status_code == 201
+
+
+def test_the_runtime_label_follows_the_engine(start_worker: Any, docker_engine: Any, tmp_path: Any) -> None:
+    """An engine that comes after the worker started labels its node; one that goes away unlabels it."""
+    link = tmp_path / "engine.sock"  # nothing listens here yet
+    env = {**FAST, "SCHEDULER_CONTAINER_JANITOR_SECONDS": "1", "SCHEDULER_RUN_DIR": str(tmp_path / "runs")}
+    proc = start_worker(name=NODE, concurrency=1, queues="default", DOCKER_HOST=f"unix://{link}", **env)
+
+    def labels() -> dict[str, Any]:
+        node = Node.objects.filter(name=NODE, status=Node.Status.ONLINE).first()
+        return node.labels if node is not None else {"starting": True}
+
+    wait(lambda: "starting" not in labels(), what="the node online", procs=(proc,))
+    assert "runtime" not in labels()
+    forwarder = SocketForwarder(link, docker_engine.host.removeprefix("unix://"))
+    forwarder.start()
+    wait(lambda: labels().get("runtime") == "docker", what="the runtime label", procs=(proc,))
+    assert "docker " in Node.objects.get(name=NODE).version
+    forwarder.cut_all()
+    wait(lambda: "runtime" not in labels(), what="the label gone with the engine", procs=(proc,))
