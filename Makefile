@@ -8,7 +8,7 @@ PIP := $(VENV)/bin/pip
 # Test run options, e.g. `make test PYTEST_ARGS="tests/jobs -x"`.
 PYTEST_ARGS ?=
 
-.PHONY: up test lint format venv venv-dev stop clean-var browser docker-engine
+.PHONY: up test lint format venv venv-dev stop clean-var browser docker-engine pgbouncer
 
 $(VENV)/.installed: requirements.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -51,12 +51,20 @@ docker-engine:
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
 		docker.io busybox-static; }
 
-## make test: lint, then the whole suite against real PostgreSQL, Redis and a private Docker Engine.
-test: venv-dev browser docker-engine
+## make pgbouncer: Debian's pgbouncer for the PgBouncer test (apt-get only if absent; the test starts a private
+## pgbouncer of its own and never uses a system one).
+pgbouncer:
+	@test -x /usr/sbin/pgbouncer || { \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer; }
+
+## make test: lint, then the whole suite against real PostgreSQL, Redis and a private Docker Engine; then the
+## real-worker integration tests marked broker_matrix again on RabbitMQ, in a vhost of their own.
+test: venv-dev browser docker-engine pgbouncer
 	@exports="$$($(PY) -m scheduler_project.devservers env test)"; \
 	eval "$$exports"; \
 	$(MAKE) --no-print-directory lint; \
-	SCHEDULER_ENVIRONMENT=test $(VENV)/bin/pytest $(PYTEST_ARGS)
+	SCHEDULER_ENVIRONMENT=test $(VENV)/bin/pytest $(PYTEST_ARGS); \
+	SCHEDULER_ENVIRONMENT=test $(PY) -m tests.broker_matrix -- $(VENV)/bin/pytest -m broker_matrix $(PYTEST_ARGS)
 
 lint: venv-dev
 	$(VENV)/bin/ruff check .

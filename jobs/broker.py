@@ -1,8 +1,12 @@
-"""Read-only look into the Redis broker: which executions have a "jobs.execute" message waiting or in flight.
+"""Read-only look into the broker, for the reconciler.
 
-Kombu's Redis transport keeps a queue as one list per priority step (`queue`, `queue:1`, ... `queue:9`) and
-the messages delivered to a worker but not yet acknowledged in the `unacked` hash. Both are read through
-kombu's own channel, so the key prefix, separator and priority steps are the ones the workers use.
+Redis: which executions have a "jobs.execute" message waiting or in flight. Kombu's Redis transport keeps a
+queue as one list per priority step (`queue`, `queue:1`, ... `queue:9`) and the messages delivered to a
+worker but not yet acknowledged in the `unacked` hash. Both are read through kombu's own channel, so the key
+prefix, separator and priority steps are the ones the workers use.
+
+RabbitMQ: AMQP cannot read a message without taking it, so only the count of ready messages per queue is
+read (a passive queue declare, which creates nothing); see jobs/reconcile.py for how it is used.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from celery import current_app
+from kombu.exceptions import ChannelError
 
 from .messages import EXECUTE_TASK
 
@@ -58,3 +63,22 @@ def broker_execution_ids(*, queue_names: Iterable[str]) -> set[int]:
             if execution_id is not None:
                 found.add(execution_id)
     return found
+
+
+def broker_ready_counts(*, queue_names: Iterable[str]) -> dict[str, int]:
+    """RabbitMQ: the messages ready (not delivered) in each queue; a queue that does not exist holds 0."""
+    counts: dict[str, int] = {}
+    with current_app.connection_for_read() as conn:
+        channel: Any = conn.channel()
+        try:
+            for name in sorted(set(queue_names)):
+                try:
+                    counts[name] = int(channel.queue_declare(queue=name, passive=True).message_count)
+                except (
+                    ChannelError
+                ):  # 404: no such queue (the broker restarted without it); it closed the channel
+                    counts[name] = 0
+                    channel = conn.channel()
+        finally:
+            channel.close()
+    return counts

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from celery import current_app
+from django.conf import settings
 from django.core.cache import cache
 from django.db import transaction
 
@@ -27,8 +28,10 @@ DISPATCH_QUEUED_TTL = 30
 
 
 def broker_priority(job_priority: int) -> int:
-    """Our priority 0-9 (9 highest) as kombu's Redis priority, where 0 is consumed first (inverted)."""
-    return 9 - max(0, min(9, int(job_priority)))
+    """Our priority 0-9 (9 highest) as the broker's: kombu's Redis transport consumes 0 first (inverted);
+    RabbitMQ consumes the highest first (as ours)."""
+    value = max(0, min(9, int(job_priority)))
+    return value if settings.BROKER_IS_AMQP else 9 - value
 
 
 @dataclass(frozen=True)

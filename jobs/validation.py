@@ -132,7 +132,9 @@ def job_input_clean(
     """Clean job fields and schedule input; raise ValidationError naming every bad field.
 
     `placement` answers "why could no node hold this?" (default: nodes.placement, asked every time); a
-    batch passes placement_check_memo() so equal resources cost one question.
+    batch passes placement_check_memo() so equal resources cost one question. It is asked only under
+    SCHEDULER_REFUSE_UNPLACEABLE_JOBS: by default such a job is accepted and waits pending with the
+    shortfall as its reason (the autoscaling signal counts it).
     """
     errors: dict[str, str] = {}
     fields: dict[str, Any] = {}
@@ -166,7 +168,7 @@ def job_input_clean(
             spec = schedule_spec_parse(schedule)
         except ScheduleInvalid as exc:
             errors.update(exc.errors)
-    if not errors:
+    if not errors and settings.SCHEDULER_REFUSE_UNPLACEABLE_JOBS:
         errors.update(_placement_errors(fields, placement or placement_impossible_reason))
     if errors:
         raise ValidationError({field: [message] for field, message in errors.items()})
@@ -197,7 +199,7 @@ def placement_check_memo() -> PlacementCheck:
 
 
 def _placement_errors(fields: Mapping[str, Any], reason_of: PlacementCheck) -> dict[str, str]:
-    """A job that no registered node could ever hold is refused, naming what does not fit."""
+    """Why no registered node could ever hold the job, keyed by the field that does not fit."""
     cpu, memory, selector = fields["cpu"], fields["memory_mb"], fields["node_selector"]
     reason = reason_of(cpu=cpu, memory_mb=memory, node_selector=selector)
     if reason is None:

@@ -24,9 +24,11 @@ from jobs.models import Execution, Job
 from monitoring import services
 from monitoring.models import Alert, AlertDelivery, AlertRule
 from monitoring.selectors import log_excerpt, log_read, logs_query
+from monitoring.selectors.autoscale import desired_workers, selector_parse
 from monitoring.selectors.summary import summary_cached
 from scheduler_project.api.base import ApiSchema, ApiViewMixin, service_errors
 from scheduler_project.api.filters import ID_MAX, IdFilter, StrictFilterSet, UtcDateTimeFilter
+from scheduler_project.dbrouter import ReplicaReadsMixin, replica_reads
 
 
 def scoped_executions(user: Any) -> QuerySet[Execution]:
@@ -56,6 +58,7 @@ class ExecutionLogView(ApiViewMixin, APIView):
         parameters=[OpenApiParameter("offset", int, required=False)],
         responses={200: LogSliceSerializer},
     )
+    @replica_reads
     def get(self, request: Request, pk: str) -> Response:
         if not pk.isdigit() or not 0 < int(pk) <= ID_MAX:
             raise NotFound()  # "/executions/0.5/log/" is a JSON 404 like any unknown id
@@ -101,7 +104,7 @@ class LogEntrySerializer(serializers.ModelSerializer):
         return log_excerpt(execution, self.context["request"].query_params.get("contains"))
 
 
-class LogListView(ApiViewMixin, ListAPIView):
+class LogListView(ReplicaReadsMixin, ApiViewMixin, ListAPIView):
     """Output across executions (own jobs; operators: all), newest first, with a matching excerpt."""
 
     permission_classes = [IsAuthenticated]
@@ -123,8 +126,62 @@ class MetricsSummaryView(APIView):
     @extend_schema(
         summary="Cluster summary: jobs, executions, queues, nodes, histograms", responses={200: dict}
     )
+    @replica_reads
     def get(self, request: Request) -> Response:
         return Response(summary_cached())
+
+
+class DesiredWorkersSerializer(serializers.Serializer):
+    labels = serializers.CharField(
+        help_text="the label set: k=v,... sorted; empty for jobs without a selector"
+    )
+    desired = serializers.IntegerField(help_text="workers this label set needs now")
+    busy = serializers.IntegerField(help_text="matching nodes holding work now")
+    online = serializers.IntegerField()
+    executions = serializers.IntegerField(help_text="pending + queued + running")
+    pending = serializers.IntegerField()
+    cpu = serializers.FloatField(help_text="cpu the executions reserve or wait for")
+    memory_mb = serializers.IntegerField()
+    worker_cpu = serializers.FloatField(allow_null=True, help_text="the typical worker's cpu capacity")
+    worker_memory_mb = serializers.IntegerField(allow_null=True)
+    worker_slots = serializers.IntegerField(allow_null=True, help_text="SCHEDULER_AUTOSCALE_WORKER_SLOTS")
+    too_large = serializers.IntegerField(help_text="executions larger than the typical worker")
+
+
+class AutoscaleSerializer(serializers.Serializer):
+    label_sets = DesiredWorkersSerializer(many=True)
+
+
+class AutoscaleQuerySerializer(serializers.Serializer):
+    labels = serializers.CharField(required=False, max_length=1000)
+
+    def validate_labels(self, value: str) -> dict[str, str]:
+        try:
+            return selector_parse(value)
+        except ValueError as exc:
+            raise serializers.ValidationError(str(exc)) from None
+
+
+class AutoscaleView(ApiViewMixin, APIView):
+    """Desired workers per node label set, from pending and running demand (operators)."""
+
+    permission_classes = [IsOperator]
+    schema = ApiSchema()
+
+    @extend_schema(
+        summary="The autoscaling signal: desired workers per node label set",
+        parameters=[
+            OpenApiParameter(
+                "labels", str, required=False, description="one label set, k=v,... (default: every one)"
+            )
+        ],
+        responses={200: AutoscaleSerializer},
+    )
+    def get(self, request: Request) -> Response:
+        params = AutoscaleQuerySerializer(data=request.query_params)
+        params.is_valid(raise_exception=True)
+        signals = desired_workers(params.validated_data.get("labels"))
+        return Response(AutoscaleSerializer({"label_sets": [s.as_dict() for s in signals]}).data)
 
 
 class AlertRuleSerializer(serializers.ModelSerializer):

@@ -63,6 +63,17 @@ def _node_families(nodes: list[dict[str, Any]]) -> Iterator[Metric]:
         yield family
 
 
+def _desired_workers_family(signals: list[dict[str, Any]]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily(
+        "scheduler_desired_workers",
+        "Workers each node label set needs for its pending and running work (the autoscaling signal)",
+        labels=["labels"],
+    )
+    for signal in signals:
+        family.add_metric([signal["labels"]], signal["desired"])
+    return family
+
+
 class SchedulerCollector(Collector):
     """Yields every scheduler metric family from one summary (database + broker, cached briefly)."""
 
@@ -109,6 +120,7 @@ class SchedulerCollector(Collector):
         yield GaugeMetricFamily(
             "scheduler_alerts_firing", "Alerts currently firing", value=s["alerts_firing"]
         )
+        yield _desired_workers_family(s.get("desired_workers", []))  # absent if cached by an older release
         yield GaugeMetricFamily(
             "scheduler_beat_leader_up",
             "1 if a beat leader renewed its lease recently",

@@ -13,5 +13,6 @@ urlpatterns = [
     path("executions/<str:pk>/log/", api.ExecutionLogView.as_view(), name="execution-log"),
     path("logs/", api.LogListView.as_view(), name="logs"),
     path("metrics/", api.MetricsSummaryView.as_view(), name="metrics-summary"),
+    path("autoscale/", api.AutoscaleView.as_view(), name="autoscale"),
     *router.urls,
 ]

@@ -20,6 +20,7 @@ from monitoring import health
 from monitoring.charts import percent, throughput_svg
 from monitoring.metrics import metrics_exposition
 from monitoring.selectors.dashboard import dashboard_cached
+from scheduler_project.dbrouter import replica_reads
 
 READY_CHECKS = ["database", "broker", "workers", "beat"]
 REFRESH_SECONDS = 5
@@ -58,7 +59,8 @@ def metrics(request: HttpRequest) -> HttpResponse:
         response = HttpResponse("metrics need a bearer token or an operator session\n", status=401)
         response["WWW-Authenticate"] = 'Bearer realm="metrics"'
         return response
-    return HttpResponse(metrics_exposition(), content_type=CONTENT_TYPE_LATEST)
+    # The session and the user were read on the primary above; only the numbers come from the replica.
+    return HttpResponse(replica_reads(metrics_exposition)(), content_type=CONTENT_TYPE_LATEST)
 
 
 def _link(admin_name: str, api_path: str, pk: int) -> str:
@@ -111,6 +113,7 @@ class DashboardLoginView(LoginView):
 
 @login_required(login_url="dashboard-login")
 @require_GET
+@replica_reads
 def dashboard(request: HttpRequest) -> HttpResponse:
     """The dashboard page; its body reloads itself from dashboard_fragment every few seconds."""
     return render(request, "monitoring/dashboard.html", _context(request))
@@ -118,6 +121,7 @@ def dashboard(request: HttpRequest) -> HttpResponse:
 
 @login_required(login_url="dashboard-login")
 @require_GET
+@replica_reads
 def dashboard_fragment(request: HttpRequest) -> HttpResponse:
     """The dashboard's body alone, for the page's refresh script."""
     return render(request, "monitoring/_dashboard_body.html", _context(request))

@@ -24,6 +24,7 @@ from nodes.models import Node, ResourceAllocation
 from scheduler_project.api.base import ApiSchema, ApiViewMixin, Conflict, service_errors
 from scheduler_project.api.fields import INT32_MAX, Integer, LabelsField, Number, Text
 from scheduler_project.api.filters import IdFilter, StrictBooleanFilter, StrictFilterSet
+from scheduler_project.dbrouter import ReplicaReadsMixin
 
 # What PATCH nodes/{id}/ may set: drain, or back online from draining (offline is the reaper's).
 NODE_TARGET_STATUSES = [(Node.Status.ONLINE.value, "online"), (Node.Status.DRAINING.value, "draining")]
@@ -161,6 +162,7 @@ class AllocationFilter(StrictFilterSet):
     ),
 )
 class NodeViewSet(
+    ReplicaReadsMixin,
     ApiViewMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,

@@ -191,6 +191,14 @@ def _no_fit_reason(demand: Demand, rooms: Sequence[Room]) -> str:
     matching = [room for room in rooms if room.matches(demand.selector)]
     if not matching:
         return _truncate(f"no online node{_with_labels(demand.selector)}")
+    if not any(r.cpu_capacity >= demand.cpu and r.memory_mb_capacity >= demand.memory_mb for r in matching):
+        # Larger than every node there is: more of these nodes will not help, a larger one will.
+        cpu = max(r.cpu_capacity for r in matching)
+        memory_mb = max(r.memory_mb_capacity for r in matching)
+        return _truncate(
+            f"waiting for a larger node: no online node{_with_labels(demand.selector)} has {demand.cpu} cpu "
+            f"and {demand.memory_mb} MB (largest online: {cpu} cpu, {memory_mb} MB)"
+        )
     best = max(matching, key=lambda r: (r.free_cpu, r.free_memory_mb))
     return _truncate(
         f"waiting for capacity: no online node{_with_labels(demand.selector)} has {demand.cpu} cpu and "

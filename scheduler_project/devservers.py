@@ -284,12 +284,18 @@ def _url_answers(url: str, default_port: int) -> bool:
 
 
 def choose(mode: str) -> dict[str, str]:
-    """Return DATABASE_URL and CELERY_BROKER_URL for `up` or `test`, starting servers if needed."""
+    """Return DATABASE_URL and CELERY_BROKER_URL (and SCHEDULER_REDIS_URL when the broker is RabbitMQ) for
+    `up` or `test`, starting servers if needed."""
     chosen: dict[str, str] = {}
-    for var, default_port, local_url, start in (
+    servers = [
         ("DATABASE_URL", 5432, "postgres://postgres@127.0.0.1:5432/scheduler", start_embedded_postgres),
         ("CELERY_BROKER_URL", 6379, "redis://127.0.0.1:6379/0", start_embedded_redis),
-    ):
+    ]
+    if os.environ.get("CELERY_BROKER_URL", "").split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}:
+        # RabbitMQ carries the work; Redis is still the cache and the locks (embedded unless configured).
+        servers[1] = ("CELERY_BROKER_URL", 5672, "", start_embedded_redis)
+        servers.append(("SCHEDULER_REDIS_URL", 6379, "redis://127.0.0.1:6379/0", start_embedded_redis))
+    for var, default_port, local_url, start in servers:
         url = os.environ.get(var, "")
         if url:
             source = "from the environment"

@@ -106,10 +106,42 @@ DATABASES = {
 }
 DATABASES["default"]["CONN_MAX_AGE"] = knob.int("SCHEDULER_DB_CONN_MAX_AGE", 60, low=0, high=86400)
 DATABASES["default"]["CONN_HEALTH_CHECKS"] = True
+# --- Scale-out: a transaction-mode pooler and a read replica (docs/operations.md) -------------------
+# "pgbouncer": DATABASE_URL (and DATABASE_REPLICA_URL) go through PgBouncer in transaction mode, where a
+# connection's session state does not outlive a transaction: no server-side cursors (.iterator()), and
+# no prepared statements unless SCHEDULER_DB_PREPARE=1 says the pooler keeps them (PgBouncer 1.21+ with
+# max_prepared_statements).
+SCHEDULER_DB_POOLER = knob.str("SCHEDULER_DB_POOLER", "", choices={"", "pgbouncer"})
+# With DATABASE_REPLICA_URL (a streaming standby of DATABASE_URL) the read-only views read from it while
+# its replay lag is under SCHEDULER_REPLICA_MAX_LAG_SECONDS, checked at most every
+# SCHEDULER_REPLICA_CHECK_SECONDS; all else, and every read while it is down or behind, uses the primary
+# (scheduler_project/dbrouter.py).
+SCHEDULER_REPLICA_MAX_LAG_SECONDS = knob.float("SCHEDULER_REPLICA_MAX_LAG_SECONDS", 10.0, low=0, high=86400)
+SCHEDULER_REPLICA_CHECK_SECONDS = knob.float("SCHEDULER_REPLICA_CHECK_SECONDS", 5.0, low=0.1, high=3600)
+if env.str("DATABASE_REPLICA_URL", default=""):
+    _replica = env.db_url("DATABASE_REPLICA_URL")
+    _replica.update(
+        CONN_MAX_AGE=DATABASES["default"]["CONN_MAX_AGE"],
+        CONN_HEALTH_CHECKS=True,
+        # A replica that does not answer costs a view 3 s once, not a hang (the URL's own options win).
+        OPTIONS={
+            **DATABASES["default"].get("OPTIONS", {}),
+            "connect_timeout": 3,
+            **_replica.get("OPTIONS", {}),
+        },
+        TEST={"MIRROR": "default"},  # tests read the test database through it unless they set one up
+    )
+    if not _replica["ENGINE"].endswith("postgresql"):
+        knob.errors.append("DATABASE_REPLICA_URL must point at PostgreSQL (postgres://...)")
+    DATABASES["replica"] = _replica
+    DATABASE_ROUTERS = ["scheduler_project.dbrouter.ReplicaRouter"]
+for _database in DATABASES.values():
+    _database["DISABLE_SERVER_SIDE_CURSORS"] = SCHEDULER_DB_POOLER == "pgbouncer"
+# --- end of scale-out block ---------------------------------------------------------------------
 # While the database is away requests answer 503 with this Retry-After (scheduler_project/dbguard.py).
 SCHEDULER_DB_RETRY_AFTER_SECONDS = knob.int("SCHEDULER_DB_RETRY_AFTER_SECONDS", 2, low=1, high=3600)
 # The hot statements (claim, finish, placement) run as prepared statements (scheduler_project/db.py).
-SCHEDULER_DB_PREPARE = knob.bool("SCHEDULER_DB_PREPARE", True)
+SCHEDULER_DB_PREPARE = knob.bool("SCHEDULER_DB_PREPARE", not SCHEDULER_DB_POOLER)
 # A claim commits without waiting for the WAL flush (jobs/services/executions.py says why that is safe).
 SCHEDULER_DB_ASYNC_CLAIM = knob.bool("SCHEDULER_DB_ASYNC_CLAIM", True)
 if not DATABASES["default"]["ENGINE"].endswith("postgresql"):
@@ -149,21 +181,36 @@ WHITENOISE_USE_FINDERS = not PRODUCTION
 WHITENOISE_AUTOREFRESH = not PRODUCTION
 LOGIN_URL = "/admin/login/"
 
-# --- Redis: broker, locks, cache --------------------------------------------------------------
+# --- Broker (Redis or RabbitMQ) and Redis (locks, cache, login throttle) ----------------------------
 CELERY_BROKER_URL = env.str("CELERY_BROKER_URL", default="redis://127.0.0.1:6379/0")
+# RabbitMQ (amqp://, amqps://) is the scale-out broker; Redis (redis://, rediss://) the simple one.
+BROKER_IS_AMQP = CELERY_BROKER_URL.split("://", 1)[0] in {"amqp", "amqps", "pyamqp"}
 if ENVIRONMENT == "test":
-    # Tests own one Redis database number (flushed before and after the run), never the app's.
+    # Tests own one Redis database number (flushed before and after the run), never the app's; a test on
+    # RabbitMQ brings its own vhost in the URL.
     from urllib.parse import urlsplit, urlunsplit
 
-    _parts = urlsplit(CELERY_BROKER_URL)
     _test_db = knob.int("SCHEDULER_TEST_REDIS_DB", 15, low=0, high=15)
-    CELERY_BROKER_URL = urlunsplit(_parts._replace(path=f"/{_test_db}"))
-    # Celery reads the CELERY_BROKER_URL environment variable before this setting: make them agree,
-    # or every test run (and the workers it starts) would share the broker's own database number.
-    import os
+    if not BROKER_IS_AMQP:
+        CELERY_BROKER_URL = urlunsplit(urlsplit(CELERY_BROKER_URL)._replace(path=f"/{_test_db}"))
+        # Celery reads the CELERY_BROKER_URL environment variable before this setting: make them agree,
+        # or every test run (and the workers it starts) would share the broker's own database number.
+        import os
 
-    os.environ["CELERY_BROKER_URL"] = CELERY_BROKER_URL
-REDIS_URL = env.str("SCHEDULER_REDIS_URL", default=CELERY_BROKER_URL)
+        os.environ["CELERY_BROKER_URL"] = CELERY_BROKER_URL
+REDIS_URL = env.str("SCHEDULER_REDIS_URL", default="" if BROKER_IS_AMQP else CELERY_BROKER_URL)
+if ENVIRONMENT == "test" and REDIS_URL:
+    REDIS_URL = urlunsplit(urlsplit(REDIS_URL)._replace(path=f"/{_test_db}"))
+if not REDIS_URL:
+    knob.errors.append(
+        "SCHEDULER_REDIS_URL is not set: with a RabbitMQ broker (CELERY_BROKER_URL=amqp://...) the cache, "
+        "locks and login throttle still need Redis (e.g. redis://127.0.0.1:6379/0)"
+    )
+# RabbitMQ only: classic queues carry job priorities (x-max-priority); quorum queues are replicated across
+# the cluster's nodes but have no priorities (every job is then served in order).
+SCHEDULER_RABBITMQ_QUEUE_TYPE = knob.str(
+    "SCHEDULER_RABBITMQ_QUEUE_TYPE", "classic", choices={"classic", "quorum"}
+)
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -198,6 +245,14 @@ SCHEDULER_COUNTER_REPAIR_SECONDS = knob.float("SCHEDULER_COUNTER_REPAIR_SECONDS"
 # A placement considers this many random nodes of those that match (all of them when there are fewer; 0: all).
 SCHEDULER_PLACEMENT_CANDIDATES = knob.int("SCHEDULER_PLACEMENT_CANDIDATES", 4, low=0, high=100000)
 SCHEDULER_BEAT_LEASE_SECONDS = knob.float("SCHEDULER_BEAT_LEASE_SECONDS", 10.0, low=1, high=3600)
+# --- Autoscaling (monitoring/selectors/autoscale.py, manage.py autoscale) --------------------------
+# A job no registered node could ever hold is accepted and waits pending with the shortfall as its reason
+# (an autoscaler hears of it through scheduler_desired_workers); on: refused with 400, as for a cluster
+# that never grows.
+SCHEDULER_REFUSE_UNPLACEABLE_JOBS = knob.bool("SCHEDULER_REFUSE_UNPLACEABLE_JOBS", False)
+# Executions one worker runs at once (its `celery worker -c`), for the desired-workers count; unset: the
+# count of executions is not a dimension (only cpu and memory are).
+SCHEDULER_AUTOSCALE_WORKER_SLOTS = knob.optional_int("SCHEDULER_AUTOSCALE_WORKER_SLOTS", low=1, high=100000)
 # Beat scheduler (jobs.beat): how often the leader looks for edited schedules, writes run bookkeeping
 # in one batch, and re-checks the whole enabled set; the margin covers commits that land after date_changed.
 SCHEDULER_BEAT_SYNC_SECONDS = knob.float("SCHEDULER_BEAT_SYNC_SECONDS", 1.0, low=0.1, high=3600)
@@ -299,6 +354,17 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "priority_steps": list(range(10)),
     "sep": ":",
 }
+if BROKER_IS_AMQP:
+    # RabbitMQ: every queue (node queues, default, dead_letter) declared alike by publishers and workers
+    # (a queue redeclared with other arguments is a channel error). Unacked messages are never redelivered
+    # by a timeout here; RabbitMQ's consumer_timeout (30 min by default) must exceed the longest job.
+    CELERY_BROKER_TRANSPORT_OPTIONS = {"confirm_publish": True}
+    if SCHEDULER_RABBITMQ_QUEUE_TYPE == "quorum":
+        CELERY_TASK_DEFAULT_QUEUE_TYPE = "quorum"
+        CELERY_TASK_CREATE_MISSING_QUEUE_TYPE = "quorum"
+        CELERY_WORKER_DETECT_QUORUM_QUEUES = True  # no global QoS on quorum queues
+    else:
+        CELERY_TASK_QUEUE_MAX_PRIORITY = 10  # as the node queues are declared (worker/bootstep.py)
 CELERY_BEAT_SCHEDULER = "jobs.beat:JobScheduler"  # heap + leader lease over django-celery-beat models
 # Periodic sweeps: each app adds its own keys here.
 

@@ -35,17 +35,22 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
             version = conn.execute("SHOW server_version").fetchone()[0]  # type: ignore[index]
     except Exception as exc:  # noqa: BLE001 - only a report header
         version = f"unreachable: {exc}"
-    broker = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    cache = redis.Redis.from_url(settings.REDIS_URL)
+    broker = (
+        f"RabbitMQ at {settings.CELERY_BROKER_URL.rsplit('@', 1)[-1]}"
+        if settings.BROKER_IS_AMQP
+        else f"Redis {cache.info()['redis_version']} at {settings.CELERY_BROKER_URL}"
+    )
     return [
         f"database: PostgreSQL {version} at {db['HOST']}:{db['PORT']} (tests use test_{db['NAME']})",
-        f"broker: Redis {broker.info()['redis_version']} at {settings.CELERY_BROKER_URL}",
+        f"broker: {broker}; Redis (cache, locks) at {settings.REDIS_URL}",
     ]
 
 
 @pytest.fixture(scope="session", autouse=True)
 def _clean_test_redis() -> Iterator[None]:
     """The test Redis database number is ours alone: empty before the run and after it."""
-    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client = redis.Redis.from_url(settings.REDIS_URL)
     client.flushdb()
     yield
     client.flushdb()
@@ -88,7 +93,8 @@ def in_test_transaction(db) -> Iterator[None]:
 
 @pytest.fixture
 def redis_client() -> redis.Redis:
-    return redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    """The test Redis database (the broker too, unless the run is on RabbitMQ: tests.broker_matrix)."""
+    return redis.Redis.from_url(settings.REDIS_URL)
 
 
 def test_database_url() -> str:
@@ -250,3 +256,35 @@ def docker_host(docker_engine: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
     """DOCKER_HOST of the private engine, in this process's environment for the test."""
     monkeypatch.setenv("DOCKER_HOST", docker_engine.host)
     return docker_engine
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On RabbitMQ (tests.broker_matrix) tests that read the Redis broker's own lists are skipped."""
+    if settings.BROKER_IS_AMQP:
+        skip = pytest.mark.skip(reason="reads the Redis broker's lists; this run is on RabbitMQ")
+        for item in items:
+            if item.get_closest_marker("redis_only"):
+                item.add_marker(skip)
+
+
+def broker_queue_length(name: str) -> int:
+    """Messages waiting in a broker queue (Redis: every priority list; RabbitMQ: ready messages)."""
+    if settings.BROKER_IS_AMQP:
+        from jobs.broker import broker_ready_counts
+
+        return broker_ready_counts(queue_names=[name])[name]
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    return sum(int(client.llen(f"{name}:{n}" if n else name)) for n in range(10))  # type: ignore[arg-type]
+
+
+def broker_drain(name: str) -> list[dict[str, Any]]:
+    """Take every message waiting in a broker queue (Redis or RabbitMQ): [{"headers": ..., "body": ...}]."""
+    from celery import current_app
+
+    found: list[dict[str, Any]] = []
+    with current_app.connection_for_read() as conn:
+        queue = current_app.amqp.queues[name](conn.default_channel)
+        queue.declare()  # as the app declares it (a publisher or worker may not have yet)
+        while (message := queue.get(no_ack=True)) is not None:
+            found.append({"headers": dict(message.headers or {}), "body": message.payload})
+    return found

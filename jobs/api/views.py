@@ -23,6 +23,7 @@ from accounts.permissions import CanSubmit, scope_to_user
 from jobs import services
 from jobs.models import DeadLetter, Execution, Job
 from scheduler_project.api.base import ApiSchema, ApiViewMixin, Conflict, service_errors
+from scheduler_project.dbrouter import ReplicaReadsMixin
 
 from .filters import DeadLetterFilter, ExecutionFilter, JobFilter
 from .serializers import (
@@ -85,6 +86,7 @@ def _last_execution() -> Subquery:
     destroy=extend_schema(summary="Delete (archive) a job: nothing fires; its history stays"),
 )
 class JobViewSet(
+    ReplicaReadsMixin,
     ApiViewMixin,
     mixins.ListModelMixin,
     mixins.RetrieveModelMixin,
@@ -263,7 +265,7 @@ class JobViewSet(
     list=extend_schema(summary="List executions (of own jobs; operators: all)"),
     retrieve=extend_schema(summary="An execution, with the tail of its output"),
 )
-class ExecutionViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet):
+class ExecutionViewSet(ReplicaReadsMixin, ApiViewMixin, viewsets.ReadOnlyModelViewSet):
     """Executions: read, filter, cancel. Their live log is executions/{id}/log/ (monitoring)."""
 
     permission_classes = [CanSubmit]
@@ -302,7 +304,7 @@ class ExecutionViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet):
     list=extend_schema(summary="List dead letters (of own jobs; operators: all)"),
     retrieve=extend_schema(summary="A dead letter"),
 )
-class DeadLetterViewSet(ApiViewMixin, viewsets.ReadOnlyModelViewSet):
+class DeadLetterViewSet(ReplicaReadsMixin, ApiViewMixin, viewsets.ReadOnlyModelViewSet):
     """Dead letters: executions whose retries ran out; replay runs the job again."""
 
     serializer_class = DeadLetterSerializer

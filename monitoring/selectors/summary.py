@@ -21,6 +21,7 @@ from kombu.exceptions import OperationalError as KombuOperationalError
 from jobs.beat.lease import leader_status
 from jobs.models import DeadLetter, Execution, Job
 from monitoring.models import Alert
+from monitoring.selectors.autoscale import desired_workers
 from nodes.models import Node
 from nodes.selectors import cluster_usage
 
@@ -149,6 +150,7 @@ def summary_compute() -> dict[str, Any]:
         "lateness_seconds": _histogram(fired, F("created_at") - F("scheduled_for"), LATENESS_BUCKETS),
         "alerts_firing": Alert.objects.filter(state=Alert.State.FIRING).count(),
         "beat": _beat(),
+        "desired_workers": [signal.as_dict() for signal in desired_workers()],
     }
 
 

@@ -82,7 +82,8 @@ def test_bad_items_are_named_by_index_and_field_and_nothing_is_created(as_alice)
     _nothing_created()
 
 
-def test_service_errors_use_the_api_field_names(as_alice, node):
+def test_service_errors_use_the_api_field_names(as_alice, node, settings):
+    settings.SCHEDULER_REFUSE_UNPLACEABLE_JOBS = True  # else a job too large for every node is accepted
     bodies = _bodies(5)
     bodies[1]["schedule"] = {"type": "cron", "expression": "61 * * * *", "timezone": "Mars/Olympus"}
     bodies[3]["resources"] = {"cpu": 64}  # the only node has 4
@@ -96,6 +97,14 @@ def test_service_errors_use_the_api_field_names(as_alice, node):
         "jobs.4.priority",
     }
     _nothing_created()
+
+
+def test_a_job_larger_than_every_node_is_accepted_in_bulk_too(as_alice, node):
+    bodies = _bodies(2)
+    bodies[1]["resources"] = {"cpu": 64}  # the only node has 4: it waits pending for a larger one
+    response = as_alice.post(BULK, {"jobs": bodies}, format="json")
+    assert response.status_code == 201, response.content
+    assert Job.objects.count() == 2
 
 
 def test_wrong_json_types_are_named_per_item(as_alice):

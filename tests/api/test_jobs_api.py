@@ -166,6 +166,26 @@ def test_run_now_without_nodes_stays_pending(as_alice):
     assert execution["node"] is None
 
 
+def test_a_job_larger_than_every_node_is_accepted_and_waits_with_the_shortfall(as_alice, node):
+    body = job_body(schedule=None, resources={"cpu": 8, "memory_mb": 16384})
+    created = as_alice.post("/api/v1/jobs/", body, format="json")
+    assert created.status_code == 201, created.content  # a larger node may join (an autoscaler's)
+    execution = as_alice.post(f"/api/v1/jobs/{created.json()['id']}/run/").json()
+    assert execution["status"] == "pending"
+    assert execution["pending_reason"] == (
+        "waiting for a larger node: no online node has 8.000 cpu and 16384 MB "
+        "(largest online: 4.000 cpu, 4096 MB)"
+    )
+
+
+def test_a_job_larger_than_every_node_is_refused_when_so_configured(as_alice, node, settings):
+    settings.SCHEDULER_REFUSE_UNPLACEABLE_JOBS = True
+    body = job_body(schedule=None, resources={"cpu": 8})
+    response = as_alice.post("/api/v1/jobs/", body, format="json")
+    assert response.status_code == 400
+    assert "is large enough" in response.json()["resources.cpu"][0]
+
+
 def test_list_filters_and_ordering(as_alice, alice):
     JobFactory(owner=alice, name="zeta", priority=1)
     JobFactory(owner=alice, name="alpha", priority=9, kind="http", payload={"url": "https://example.com/"})

@@ -18,33 +18,36 @@ from django_celery_beat.models import ClockedSchedule, IntervalSchedule, Periodi
 
 from jobs.beat import leader_status
 from jobs.beat.lease import LEASE_KEY
-from tests.conftest import wait_for
+from tests.conftest import broker_drain, wait_for
 
-pytestmark = [pytest.mark.integration, pytest.mark.django_db(transaction=True)]
+pytestmark = [pytest.mark.integration, pytest.mark.broker_matrix, pytest.mark.django_db(transaction=True)]
 
 SCHEDULER = "jobs.beat:JobScheduler"
 PROBE_TASK = "tests.beat_probe"  # sent as a message like every entry that is not a job firing
 
 
-QUEUE_KEYS = [b"default", *(f"default:{n}".encode() for n in range(1, 10))]
+_seen: list[dict[str, Any]] = []  # the messages this test's beats published, taken off the default queue
 
 
 @pytest.fixture(autouse=True)
 def _empty_queues(redis_client) -> None:
-    """Each test reads what its own beats published: start from empty queues and no lease."""
-    redis_client.delete(*QUEUE_KEYS, LEASE_KEY)
+    """Each test reads what its own beats published: start from an empty default queue and no lease."""
+    broker_drain("default")
+    _seen.clear()
+    redis_client.delete(LEASE_KEY)
 
 
 def published(redis_client, prefix: str = "t:") -> list[tuple[str, datetime, dict[str, Any]]]:
-    """(periodic task name, slot, kwargs) of every message beat left on the default queue (all priorities)."""
+    """(periodic task name, slot, kwargs) of every message beat published on the default queue so far
+    (taken off the queue as they come: nothing else consumes it here; Redis or RabbitMQ alike)."""
+    _seen.extend(broker_drain("default"))
     found = []
-    for key in QUEUE_KEYS:
-        for raw in redis_client.lrange(key, 0, -1):
-            headers = json.loads(raw)["headers"]
-            name = headers.get("periodic_task_name", "")
-            if name.startswith(prefix):
-                kwargs = json.loads(headers["kwargsrepr"].replace("'", '"'))
-                found.append((name, datetime.fromisoformat(headers["scheduled_for"]), kwargs))
+    for message in _seen:
+        headers = message["headers"]
+        name = headers.get("periodic_task_name", "")
+        if name.startswith(prefix):
+            kwargs = json.loads(headers["kwargsrepr"].replace("'", '"'))
+            found.append((name, datetime.fromisoformat(headers["scheduled_for"]), kwargs))
     return found
 
 

@@ -140,14 +140,24 @@ def test_shell_jobs_can_be_disabled(shell_user, settings):
         job_create(owner=shell_user, name="j", kind="shell", payload={"command": ["true"]})
 
 
-def test_a_job_no_node_could_ever_hold_is_refused():
+def test_a_job_no_node_could_ever_hold_is_accepted_by_default():
+    NodeFactory(cpu_capacity=2, memory_mb_capacity=1024, labels={"region": "eu"})
+    owner = UserFactory()
+    for resources in ({"node_selector": {"region": "us"}}, {"cpu": "8"}, {"memory_mb": 4096}):
+        job = job_create(owner=owner, name="j", kind="python", payload=ECHO, **resources)
+        assert job.pk  # an autoscaler may add a node that fits: the job waits pending for it
+
+
+def test_a_job_no_node_could_ever_hold_is_refused_when_so_configured(settings):
+    settings.SCHEDULER_REFUSE_UNPLACEABLE_JOBS = True
     NodeFactory(cpu_capacity=2, memory_mb_capacity=1024, labels={"region": "eu"})
     assert "labels" in _refused("node_selector", node_selector={"region": "us"})
     _refused("cpu", cpu="8")
     _refused("memory_mb", memory_mb=4096)
 
 
-def test_no_node_yet_is_not_an_error():
+def test_no_node_yet_is_not_an_error(settings):
+    settings.SCHEDULER_REFUSE_UNPLACEABLE_JOBS = True
     job = job_create(owner=UserFactory(), name="j", kind="python", payload=ECHO, cpu="64")
     assert job.pk
 

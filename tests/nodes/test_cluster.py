@@ -14,12 +14,14 @@ from decimal import Decimal
 from typing import Any
 
 import pytest
+from celery import current_app
 from django.core.management import call_command
 from django.db import close_old_connections, connection
 
 from jobs.models import Execution, Job
 from jobs.services import job_create, job_trigger
 from nodes.models import Node, ResourceAllocation
+from nodes.placement import node_queue_name
 from nodes.selectors import node_overcommit_peaks
 from tests.conftest import wait_for
 from tests.factories import UserFactory
@@ -132,6 +134,7 @@ def test_200_jobs_with_resource_requests_never_overcommit_and_respect_labels(sta
     assert used == {"w1@hostA", "w2@hostB", "w3@hostC"}
 
 
+@pytest.mark.broker_matrix
 def test_sigkill_of_a_node_mid_job_loses_nothing_and_runs_the_next_attempt_elsewhere(
     start_worker, start_beat
 ):
@@ -186,7 +189,7 @@ def test_a_job_that_fits_no_node_waits_pending_and_runs_when_a_big_node_joins(st
     start_worker("small@hostA", concurrency=1, **node_env("1", 1024))
     wait_for(lambda: online("small@hostA"), timeout=90, what="small node online")
     wait_for(
-        lambda: "waiting for capacity" in Execution.objects.get(pk=execution.pk).pending_reason,
+        lambda: "waiting for a larger node" in Execution.objects.get(pk=execution.pk).pending_reason,
         timeout=30,
         what="the reason names the capacity that is missing",
     )
@@ -199,6 +202,7 @@ def test_a_job_that_fits_no_node_waits_pending_and_runs_when_a_big_node_joins(st
     assert Execution.objects.get(job=job).node.name == "big@hostB"
 
 
+@pytest.mark.broker_matrix
 def test_draining_then_sigterm_of_a_busy_node_loses_nothing(start_worker, start_beat):
     # d1 can hold 4 runs but executes one at a time: when it is stopped, some wait on its queue.
     d1 = start_worker("d1@hostA", concurrency=1, **node_env("2", 2048))
@@ -232,11 +236,10 @@ def test_draining_then_sigterm_of_a_busy_node_loses_nothing(start_worker, start_
     assert_no_overcommit_and_all_released()
 
 
-def test_redis_flushed_while_executions_are_queued_the_reconciler_republishes_them(
-    start_worker, start_beat, redis_client
-):
-    start_worker("r1@hostA", concurrency=1, **node_env("4", 4096))
-    wait_for(lambda: online("r1@hostA"), timeout=90, what="r1 online")
+def one_running_four_queued(start_worker: Any, name: str) -> list[Job]:
+    """A one-slot node running one of five jobs, the other four queued for it (their messages waiting)."""
+    start_worker(name, concurrency=1, **node_env("4", 4096))
+    wait_for(lambda: online(name), timeout=90, what=f"{name} online")
     owner = UserFactory()
     jobs = [submit(owner, seconds=1, cpu=Decimal("0.5")) for _ in range(5)]
     wait_for(
@@ -244,10 +247,33 @@ def test_redis_flushed_while_executions_are_queued_the_reconciler_republishes_th
         timeout=60,
         what="one running, 4 queued",
     )
+    return jobs
 
-    redis_client.flushdb()  # the broker restarted empty: four messages are gone
 
+def reconciled(start_beat: Any, jobs: list[Job]) -> None:
+    """With beat running the reconciler, every job succeeds once, on its first execution."""
     start_beat(scheduler="celery.beat:PersistentScheduler", **FAST)
     wait_all_succeeded_once(jobs, timeout=120)
     assert Execution.objects.filter(job__in=jobs).count() == 5  # same executions, no retries needed
     assert_no_overcommit_and_all_released()
+
+
+@pytest.mark.redis_only
+def test_redis_flushed_while_executions_are_queued_the_reconciler_republishes_them(
+    start_worker, start_beat, redis_client
+):
+    jobs = one_running_four_queued(start_worker, "r1@hostA")
+    redis_client.flushdb()  # the broker restarted empty: four messages are gone
+    reconciled(start_beat, jobs)
+
+
+@pytest.mark.broker_matrix
+def test_a_node_queue_purged_while_executions_are_queued_the_reconciler_republishes_them(
+    start_worker, start_beat
+):
+    """The broker lost four messages (a queue purged; on RabbitMQ the reconciler sees only counts)."""
+    jobs = one_running_four_queued(start_worker, "r2@hostA")
+    with current_app.connection_for_write() as conn:
+        purged = current_app.amqp.queues[node_queue_name("r2@hostA")](conn.default_channel).purge()
+    assert purged == 4
+    reconciled(start_beat, jobs)
