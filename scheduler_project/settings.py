@@ -13,6 +13,7 @@ from datetime import timedelta
 from pathlib import Path
 
 import environ
+from kombu import Queue
 
 from scheduler_project.knobs import Knobs
 
@@ -211,6 +212,13 @@ if not REDIS_URL:
 SCHEDULER_RABBITMQ_QUEUE_TYPE = knob.str(
     "SCHEDULER_RABBITMQ_QUEUE_TYPE", "classic", choices={"classic", "quorum"}
 )
+# How every queue is declared, by publishers and workers alike (RabbitMQ refuses a redeclaration with other
+# arguments): priorities (Redis ignores the argument), or quorum queues. Node queues: worker/bootstep.py.
+SCHEDULER_QUEUE_ARGUMENTS: dict[str, object] = (
+    {"x-queue-type": "quorum"}
+    if BROKER_IS_AMQP and SCHEDULER_RABBITMQ_QUEUE_TYPE == "quorum"
+    else {"x-max-priority": 10}
+)
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",
@@ -334,6 +342,11 @@ CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_IGNORE_RESULT = True  # the Execution row is the record, never the result backend
 CELERY_TASK_DEFAULT_QUEUE = "default"
+# Shared queues; each worker also consumes its own node queue (worker/bootstep.py).
+CELERY_TASK_QUEUES = (
+    Queue("default", queue_arguments=dict(SCHEDULER_QUEUE_ARGUMENTS)),
+    Queue("dead_letter", queue_arguments=dict(SCHEDULER_QUEUE_ARGUMENTS)),
+)
 CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_WORKER_SEND_TASK_EVENTS = True
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True

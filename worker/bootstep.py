@@ -37,7 +37,6 @@ from jobs.services import executions_held, executions_recover_node
 from nodes.models import Node
 from nodes.placement import node_queue_name
 from nodes.services import node_mark_offline
-from scheduler_project.celery import queue_arguments
 
 from .containers import containers_sweep
 from .heartbeat import Heartbeat
@@ -60,7 +59,9 @@ class NodeStep(bootsteps.StartStopStep):
         _state["name"] = name
         _state["incarnation"] = node_name_set(name)  # before the pool forks: its processes inherit both
         # Runs after -Q was applied and before the consumer starts: add this node's own queue to them.
-        parent.app.amqp.queues.select_add(node_queue_name(name), queue_arguments=queue_arguments())
+        parent.app.amqp.queues.select_add(
+            node_queue_name(name), queue_arguments=dict(settings.SCHEDULER_QUEUE_ARGUMENTS)
+        )
 
     def start(self, parent: Any) -> None:
         name = parent.hostname

@@ -26,6 +26,13 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def _write(path: Path, value: object) -> None:
+    """Replace the file at once: the test reads it while this runs (never half written)."""
+    part = path.with_name(path.name + ".part")
+    part.write_text(json.dumps(value))
+    os.replace(part, path)
+
+
 def main() -> None:
     target, folder = int(sys.argv[1]), Path(sys.argv[2])
     state, started = folder / "workers.json", folder / "started.json"
@@ -52,8 +59,8 @@ def main() -> None:
         workers.append({"name": name, "pid": proc.pid})
         ever.append(proc.pid)
         used.add(name)
-    state.write_text(json.dumps(workers))
-    started.write_text(json.dumps(ever))
+    _write(state, workers)
+    _write(started, ever)
 
 
 if __name__ == "__main__":
