@@ -51,7 +51,23 @@ def bulk_error_key(key: str) -> str:
     return ERROR_KEYS.get(key, key)
 
 
-class ScheduleSerializer(serializers.Serializer):
+class StrictFieldsMixin:
+    """Names that are no field of the serializer are a 400 naming them, not silently dropped (a client that
+    sends `"memory_mb": 64` where `"resources": {"memory_mb": 64}` is meant hears of it); the read-only
+    fields a GET returned may be sent back (and are ignored, as DRF does)."""
+
+    def to_internal_value(self, data: Any) -> Any:
+        fields: Any = getattr(self, "fields", {})
+        if isinstance(data, Mapping):
+            unknown = sorted(str(name) for name in data if name not in fields)
+            if unknown:
+                raise serializers.ValidationError(
+                    {name: ["is not a field of this object"] for name in unknown}
+                )
+        return super().to_internal_value(data)  # type: ignore[misc]
+
+
+class ScheduleSerializer(StrictFieldsMixin, serializers.Serializer):
     """When a job runs: once at a time, every N seconds, or on a cron expression in a time zone."""
 
     type = serializers.ChoiceField(choices=JobSchedule.Type.choices)
@@ -101,7 +117,7 @@ def _iso(value: Any) -> str | None:
     return _DATETIME.to_representation(value) if value else None
 
 
-class ResourcesSerializer(serializers.Serializer):
+class ResourcesSerializer(StrictFieldsMixin, serializers.Serializer):
     """The CPU and memory one execution reserves on its node."""
 
     cpu = Number(max_digits=7, decimal_places=3, required=False, help_text="CPUs, e.g. 0.5")
@@ -118,8 +134,9 @@ class LastExecutionSerializer(serializers.Serializer):
     finished_at = serializers.DateTimeField(allow_null=True)
 
 
-class JobSerializer(serializers.Serializer):
-    """A job as the API reads and writes it (owner, status and times are read-only)."""
+class JobSerializer(StrictFieldsMixin, serializers.Serializer):
+    """A job as the API reads and writes it (owner, status and times are read-only; unknown names are a
+    400)."""
 
     id = serializers.IntegerField(read_only=True)
     owner = serializers.CharField(source="owner.username", read_only=True)

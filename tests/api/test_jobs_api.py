@@ -436,3 +436,22 @@ def test_datetimes_postgres_cannot_store_are_not_500(as_alice, schedule, field):
     else:
         assert response.status_code == 400, response.content
         assert field in response.json()
+
+
+def test_names_that_are_no_field_are_a_400_naming_them(db, make_user) -> None:
+    api = token_client(make_user("una", "submitter"))
+    base = {"name": "x", "kind": "python", "payload": {"handler": "echo"}}
+    for body, field in (
+        ({**base, "memory_mb": 64}, "memory_mb"),  # meant: resources.memory_mb
+        ({**base, "resources": {"memory": 64}}, "memory"),
+        ({**base, "schedule": {"type": "cron", "cron": "* * * * *"}}, "cron"),
+    ):
+        response = api.post("/api/v1/jobs/", body, format="json")
+        assert response.status_code == 400, response.json()
+        assert field in str(response.json())
+    assert not Job.objects.filter(name="x").exists()
+    # What a GET returned may be sent back: read-only fields are ignored.
+    created = api.post("/api/v1/jobs/", base, format="json").json()
+    sent_back = {k: v for k, v in created.items() if k != "schedule"}
+    again = api.patch(f"/api/v1/jobs/{created['id']}/", {**sent_back, "name": "y"}, format="json")
+    assert again.status_code == 200, again.json()
