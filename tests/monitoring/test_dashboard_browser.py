@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from django.utils import timezone
 from selenium import webdriver
+from selenium.common.exceptions import StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.support.ui import WebDriverWait
@@ -100,7 +101,9 @@ def test_dashboard_after_login_shows_chart_node_bars_and_progress(
 
     # The page refreshes itself: a progress report made now shows up without reloading.
     Execution.objects.filter(pk=running_cluster.pk).update(progress=80.0)
-    wait.until(
+    # The refresh replaces the rows: an element found a moment before may be gone when it is read.
+    refreshing = WebDriverWait(browser, 30, ignored_exceptions=(StaleElementReferenceException,))
+    refreshing.until(
         lambda d: (
             float(d.find_element(By.CSS_SELECTOR, ".running-row progress").get_attribute("value") or 0) == 80
         )
