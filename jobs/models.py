@@ -136,7 +136,14 @@ class JobSchedule(models.Model):
 
 
 class Execution(models.Model):
-    """One attempt of one firing (slot) of a job, on one node."""
+    """One attempt of one firing (slot) of a job, on one node.
+
+    The table is partitioned by month on `scheduled_for` (jobs/migrations/0010_partitioned_history.py,
+    scheduler_project/partitions.py): its primary key in PostgreSQL is (id, scheduled_for), and no foreign
+    key constraint can point into it, so the references to an execution below and in other apps are
+    `db_constraint=False` (Django's on_delete still cascades; retention, which drops whole partitions,
+    clears them: monitoring.services.history).
+    """
 
     class Status(models.TextChoices):
         PENDING = "pending"  # created, waiting for a node with room
@@ -229,10 +236,22 @@ class Execution(models.Model):
         null=True, blank=True, help_text="CPU time the run used (container jobs, as the engine saw it)"
     )
     retry_of = models.ForeignKey(
-        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="retries", db_index=False
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="retries",
+        db_index=False,
+        db_constraint=False,
     )
     replay_of = models.ForeignKey(
-        "self", on_delete=models.SET_NULL, null=True, blank=True, related_name="replays", db_index=False
+        "self",
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="replays",
+        db_index=False,
+        db_constraint=False,
     )
 
     class Meta:
@@ -285,13 +304,18 @@ class JobRetry(models.Model):
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="retries")
     failed_execution = models.OneToOneField(
-        Execution, on_delete=models.CASCADE, related_name="retry_decision"
+        Execution, on_delete=models.CASCADE, related_name="retry_decision", db_constraint=False
     )
     next_attempt = models.PositiveSmallIntegerField()
     retry_at = models.DateTimeField()
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.WAITING)
     new_execution = models.OneToOneField(
-        Execution, on_delete=models.SET_NULL, null=True, blank=True, related_name="retry_source"
+        Execution,
+        on_delete=models.SET_NULL,
+        null=True,
+        blank=True,
+        related_name="retry_source",
+        db_constraint=False,
     )
     created_at = models.DateTimeField(auto_now_add=True)
 
@@ -314,7 +338,9 @@ class DeadLetter(models.Model):
         DISCARDED = "discarded"  # looked at and dropped
 
     job = models.ForeignKey(Job, on_delete=models.CASCADE, related_name="dead_letters")
-    execution = models.OneToOneField(Execution, on_delete=models.CASCADE, related_name="dead_letter")
+    execution = models.OneToOneField(
+        Execution, on_delete=models.CASCADE, related_name="dead_letter", db_constraint=False
+    )
     error = models.TextField(blank=True)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.OPEN)
     replay_count = models.PositiveIntegerField(default=0)

@@ -10,9 +10,16 @@ from django.db.models import Q
 
 
 class ExecutionLogChunk(models.Model):
-    """A piece of an execution's output, stored while it runs; `offset` counts characters from the start."""
+    """A piece of an execution's output, stored while it runs; `offset` counts characters from the start.
 
-    execution = models.ForeignKey("jobs.Execution", on_delete=models.CASCADE, related_name="log_chunks")
+    Partitioned by month on its execution's `scheduled_for` (copied here), like the executions, so that
+    retention drops a month of output with its month of executions (monitoring.services.history).
+    """
+
+    execution = models.ForeignKey(
+        "jobs.Execution", on_delete=models.CASCADE, related_name="log_chunks", db_constraint=False
+    )
+    scheduled_for = models.DateTimeField(help_text="its execution's slot: the partition key")
     seq = models.PositiveIntegerField()
     offset = models.PositiveBigIntegerField(help_text="characters of output before this chunk")
     text = models.TextField()
@@ -21,7 +28,8 @@ class ExecutionLogChunk(models.Model):
     class Meta:
         ordering = ["execution", "seq"]
         constraints = [
-            models.UniqueConstraint(fields=["execution", "seq"], name="logchunk_unique_seq"),
+            # With the partition key (PostgreSQL's rule); one scheduled_for per execution: the same rule.
+            models.UniqueConstraint(fields=["execution", "seq", "scheduled_for"], name="logchunk_unique_seq"),
         ]
 
     def __str__(self) -> str:

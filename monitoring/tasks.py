@@ -30,6 +30,17 @@ def evaluate_alerts() -> None:
 
 @shared_task(name="monitoring.prune_retention", ignore_result=True)
 def prune_retention() -> None:
-    """Delete finished executions older than SCHEDULER_RETENTION_DAYS (daily)."""
-    deleted = services.executions_prune()
-    logger.info("retention: %d executions pruned", deleted)
+    """Retention (daily): drop the months of history older than SCHEDULER_RETENTION_DAYS."""
+    pruned = services.history_prune()
+    logger.info(
+        "retention: %d executions pruned (months dropped: %s; %d kept)",
+        pruned.executions,
+        ", ".join(pruned.months_dropped) or "none",
+        pruned.executions_kept,
+    )
+
+
+@shared_task(name="monitoring.history_partitions", ignore_result=True)
+def history_partitions() -> None:
+    """Create the history's monthly partitions ahead (hourly: cheap when they exist)."""
+    services.history_partitions_ensure()

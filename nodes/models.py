@@ -61,7 +61,13 @@ class ResourceAllocation(models.Model):
     """CPU and memory reserved for one execution on one node, from placement to release."""
 
     node = models.ForeignKey(Node, on_delete=models.PROTECT, related_name="allocations")
-    execution = models.OneToOneField("jobs.Execution", on_delete=models.CASCADE, related_name="allocation")
+    execution = models.OneToOneField(
+        # No constraint: executions are partitioned (jobs/models.py says why); retention deletes these rows.
+        "jobs.Execution",
+        on_delete=models.CASCADE,
+        related_name="allocation",
+        db_constraint=False,
+    )
     cpu = models.DecimalField(max_digits=7, decimal_places=3, default=Decimal("0"))
     memory_mb = models.PositiveIntegerField(default=0)
     allocated_at = models.DateTimeField(auto_now_add=True)

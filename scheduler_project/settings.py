@@ -308,6 +308,8 @@ SCHEDULER_FLOWER_URL = env.str("SCHEDULER_FLOWER_URL", default="http://127.0.0.1
 SCHEDULER_LOG_MAX_CHARS = knob.int("SCHEDULER_LOG_MAX_CHARS", 1_000_000, low=1000, high=1000000000)
 # Finished executions (and their output) older than this are pruned daily; dead letters' are kept.
 SCHEDULER_RETENTION_DAYS = knob.int("SCHEDULER_RETENTION_DAYS", 30, low=1, high=36500)
+# Executions and output live in monthly partitions; beat creates this many months ahead of the current one.
+SCHEDULER_HISTORY_MONTHS_AHEAD = knob.int("SCHEDULER_HISTORY_MONTHS_AHEAD", 2, low=1, high=24)
 # /metrics needs `Authorization: Bearer <this>` or an operator's session; empty: session only.
 SCHEDULER_METRICS_TOKEN = env.str("SCHEDULER_METRICS_TOKEN", default="")
 # Metrics and dashboard summaries are cached (Redis) this long, so many viewers cost one query set.
@@ -403,6 +405,11 @@ CELERY_BEAT_SCHEDULE: dict[str, dict] = {
         "task": "monitoring.prune_retention",
         "schedule": 24 * 3600.0,
         "options": {"expires": 3600},
+    },
+    "monitoring.history_partitions": {
+        "task": "monitoring.history_partitions",
+        "schedule": 3600.0,
+        "options": {"expires": 600},
     },
 }
 # jobs.execute goes to the chosen node's queue (set when published); dead-letter notices to their own queue.

@@ -10,7 +10,8 @@ from .alerts import (
     deliveries_send,
     delivery_send,
 )
-from .logs import ExecutionLogWriter, executions_prune, log_append
+from .history import executions_prune, history_partitions_ensure, history_prune
+from .logs import ExecutionLogWriter, log_append
 
 __all__ = [
     "ExecutionLogWriter",
@@ -23,5 +24,7 @@ __all__ = [
     "deliveries_send",
     "delivery_send",
     "executions_prune",
+    "history_partitions_ensure",
+    "history_prune",
     "log_append",
 ]

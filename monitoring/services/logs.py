@@ -6,13 +6,12 @@ import codecs
 import logging
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 
 from django.conf import settings
 from django.db import DatabaseError, IntegrityError, transaction
 from django.db.models import F, OuterRef, Subquery, Sum
 from django.db.models.functions import Length
-from django.utils import timezone
 
 from jobs.models import Execution
 from monitoring.models import ExecutionLogChunk
@@ -21,8 +20,9 @@ logger = logging.getLogger(__name__)
 APPEND_ATTEMPTS = 5  # racing appenders to one execution retry on the (execution, seq) unique constraint
 
 
-def _log_end(execution_id: int) -> tuple[int, int] | None:
-    """(next seq, end offset) of an execution's log, in one query; None if the execution does not exist."""
+def _log_end(execution_id: int) -> tuple[int, int, datetime] | None:
+    """(next seq, end offset, the execution's slot) of an execution's log, in one query; None if the
+    execution does not exist. The slot is the chunks' partition key."""
     last = ExecutionLogChunk.objects.filter(execution_id=OuterRef("pk")).order_by("-seq")
     row = (
         Execution.objects.filter(pk=execution_id)
@@ -30,24 +30,23 @@ def _log_end(execution_id: int) -> tuple[int, int] | None:
             last_seq=Subquery(last.values("seq")[:1]),
             last_end=Subquery(last.annotate(chunk_end=F("offset") + Length("text")).values("chunk_end")[:1]),
         )
-        .values("last_seq", "last_end")
+        .values("last_seq", "last_end", "scheduled_for")
         .first()
     )
     if row is None:
         return None
     if row["last_seq"] is None:
-        return 0, 0
-    return row["last_seq"] + 1, row["last_end"]
+        return 0, 0, row["scheduled_for"]
+    return row["last_seq"] + 1, row["last_end"], row["scheduled_for"]
 
 
-def _insert(execution_id: int, seq: int, offset: int, text: str) -> ExecutionLogChunk:
+def _insert(execution_id: int, seq: int, offset: int, slot: datetime, text: str) -> ExecutionLogChunk:
+    fields = {"execution_id": execution_id, "seq": seq, "offset": offset, "scheduled_for": slot, "text": text}
     if transaction.get_connection().in_atomic_block:
         with transaction.atomic():  # a savepoint: a lost seq race must not break the caller's transaction
-            return ExecutionLogChunk.objects.create(
-                execution_id=execution_id, seq=seq, offset=offset, text=text
-            )
+            return ExecutionLogChunk.objects.create(**fields)
     # Autocommit: the INSERT is a transaction of its own (no BEGIN/COMMIT round trips).
-    return ExecutionLogChunk.objects.create(execution_id=execution_id, seq=seq, offset=offset, text=text)
+    return ExecutionLogChunk.objects.create(**fields)
 
 
 def _trim(execution_id: int) -> int:
@@ -137,24 +136,3 @@ class ExecutionLogWriter:
             raise
         self._stored = self._stored or chunk is not None
         return chunk
-
-
-def executions_prune(
-    *, older_than_days: int | None = None, now: datetime | None = None, batch: int = 1000
-) -> int:
-    """Delete finished executions (and their output) older than the retention; dead letters' are kept."""
-    days = settings.SCHEDULER_RETENTION_DAYS if older_than_days is None else older_than_days
-    if days <= 0:
-        return 0  # retention off
-    cutoff = (now or timezone.now()) - timedelta(days=days)
-    candidates = Execution.objects.filter(
-        status__in=Execution.TERMINAL, finished_at__lt=cutoff, dead_letter__isnull=True
-    )
-    deleted = 0
-    while True:
-        ids = list(candidates.order_by("finished_at").values_list("pk", flat=True)[:batch])
-        if not ids:
-            return deleted
-        with transaction.atomic():
-            # Active allocations never belong to finished executions; chunks and retries cascade.
-            deleted += Execution.objects.filter(pk__in=ids).delete()[1].get("jobs.Execution", 0)

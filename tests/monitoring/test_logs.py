@@ -22,13 +22,8 @@ pytestmark = pytest.mark.django_db
 def _execution(status: str = Execution.Status.RUNNING, job=None, **extra) -> Execution:
     now = timezone.now()
     job = job if job is not None else JobFactory.create()
-    return Execution.objects.create(
-        job=job,
-        scheduled_for=now + timedelta(microseconds=Execution.objects.count()),
-        status=status,
-        started_at=now,
-        **extra,
-    )
+    extra.setdefault("scheduled_for", now + timedelta(microseconds=Execution.objects.count()))
+    return Execution.objects.create(job=job, status=status, started_at=now, **extra)
 
 
 def test_appended_output_is_followed_by_offset_until_complete():
@@ -127,17 +122,24 @@ def _latest(job) -> int:
     return Execution.objects.filter(job=job).order_by("-created_at", "-pk").values_list("pk", flat=True)[0]
 
 
-def test_retention_prunes_old_finished_executions_but_keeps_dead_letters(settings):
+def test_retention_prunes_old_finished_executions_of_the_default_partition_but_keeps_dead_letters(settings):
+    # Slots no month partition covers (long ago) live in the default partition, pruned row by row; whole
+    # months are dropped instead (tests/monitoring/test_history_partitions.py).
     settings.SCHEDULER_RETENTION_DAYS = 7
     old = timezone.now() - timedelta(days=8)
-    pruned = _execution(Execution.Status.SUCCEEDED, finished_at=old)
+    slot = {"scheduled_for": timezone.now() - timedelta(days=400)}
+    pruned = _execution(Execution.Status.SUCCEEDED, finished_at=old, **slot)
     log_append(execution_id=pruned.pk, text="old output\n")
-    retried = _execution(Execution.Status.RETRYING, finished_at=old)
+    retried = _execution(
+        Execution.Status.RETRYING, finished_at=old, scheduled_for=slot["scheduled_for"] + timedelta(1)
+    )
     JobRetry.objects.create(job=retried.job, failed_execution=retried, next_attempt=2, retry_at=old)
-    dead = _execution(Execution.Status.DEAD, finished_at=old)
+    dead = _execution(
+        Execution.Status.DEAD, finished_at=old, scheduled_for=slot["scheduled_for"] + timedelta(2)
+    )
     DeadLetter.objects.create(job=dead.job, execution=dead)
-    recent = _execution(Execution.Status.SUCCEEDED, finished_at=timezone.now() - timedelta(days=6))
-    running = _execution(Execution.Status.RUNNING)
+    recent = _execution(Execution.Status.SUCCEEDED, finished_at=timezone.now() - timedelta(days=6), **slot)
+    running = _execution(Execution.Status.RUNNING, **slot)
     Execution.objects.filter(pk=running.pk).update(created_at=old)
     prune_retention()  # the beat entry's task
     assert set(Execution.objects.values_list("pk", flat=True)) == {dead.pk, recent.pk, running.pk}
