@@ -319,7 +319,7 @@ def _sample(selector: Mapping[str, Any]) -> list[int] | None:
     if k <= 0:
         return None
     nodes = _online_nodes()
-    key = json.dumps(dict(selector), sort_keys=True)
+    key = _selector_key(selector)
     matching = _online["matching"].get(key)
     if matching is None:  # once per selector and refresh: a placement costs the same with 1 or 1,000 nodes
         matching = _online["matching"][key] = [pk for pk, labels in nodes if labels_match(labels, selector)]
@@ -354,26 +354,58 @@ def _reserve_one(demand: Demand) -> Placement:
     return NoFit(_no_fit_reason(demand, _rooms(demand.selector)))
 
 
+def _selector_key(selector: Mapping[str, Any]) -> str:
+    return json.dumps(dict(selector), sort_keys=True)
+
+
+def _covered(demand: Demand, too_large: Sequence[tuple[Decimal, int]]) -> bool:
+    """Whether the demand needs at least the cpu and the memory of one that found no room."""
+    return any(demand.cpu >= cpu and demand.memory_mb >= memory_mb for cpu, memory_mb in too_large)
+
+
+def _least_demands(demands: Sequence[Demand], todo: Sequence[int]) -> dict[str, tuple[Decimal, int]]:
+    """Per selector, the least cpu and the least memory any of its demands needs."""
+    least: dict[str, tuple[Decimal, int]] = {}
+    for index in todo:
+        demand = demands[index]
+        key = _selector_key(demand.selector)
+        cpu, memory_mb = least.get(key, (demand.cpu, demand.memory_mb))
+        least[key] = (min(cpu, demand.cpu), min(memory_mb, demand.memory_mb))
+    return least
+
+
 def _plan(demands: Sequence[Demand], todo: Sequence[int], rooms: list[Room]) -> dict[int, list[int]]:
     """Book each demand on the best room that still fits, in memory; node id -> demand indexes.
 
     Each demand looks at k random rooms whose labels match (all of them in a small cluster), and at all of
-    them only when none of those fits: the batch costs O(demands x k), not O(demands x nodes)."""
+    them only when none of those fits: the batch costs O(demands x k), not O(demands x nodes). Rooms only
+    fill up during a plan, so once a demand found no room among its selector's, a later one of that
+    selector needing as much cpu and memory or more has none either and is skipped without a scan: on a
+    full cluster the scans are one per selector and size, not one per demand. A scan also drops the rooms
+    too full for the smallest demand of the selector, which no later demand can use."""
     policy = placement_policy()
     k = _candidates_k()
     plan: dict[int, list[int]] = {}
     matching: dict[str, list[Room]] = {}
+    too_large: dict[str, list[tuple[Decimal, int]]] = {}
+    least = _least_demands(demands, todo)
     for index in todo:
         demand = demands[index]
-        key = json.dumps(dict(demand.selector), sort_keys=True)
+        key = _selector_key(demand.selector)
         if key not in matching:
             matching[key] = [room for room in rooms if room.matches(demand.selector)]
+            too_large[key] = []
+        if _covered(demand, too_large[key]):
+            continue
         pool = matching[key]
         sampled = random.sample(pool, k) if 0 < k < len(pool) else pool  # noqa: S311 - load spreading
         fitting = [room for room in sampled if room.fits(demand)]
         if not fitting and sampled is not pool:
+            cpu, memory_mb = least[key]
+            pool[:] = [room for room in pool if room.free_cpu >= cpu and room.free_memory_mb >= memory_mb]
             fitting = [room for room in pool if room.fits(demand)]
         if not fitting:
+            too_large[key].append((demand.cpu, demand.memory_mb))
             continue
         room = min(fitting, key=policy.sort_key)
         room.cpu_allocated += demand.cpu
@@ -420,7 +452,27 @@ def _reserve_many(demands: Sequence[Demand]) -> list[Placement]:
             ],
         )
     fresh = _rooms() if todo else rooms
-    return [r if r is not None else NoFit(_no_fit_reason(demands[i], fresh)) for i, r in enumerate(results)]
+    reasons = _NoFitReasons(fresh)
+    return [r if r is not None else NoFit(reasons.of(demands[i])) for i, r in enumerate(results)]
+
+
+class _NoFitReasons:
+    """Why nothing fits, once per selector and size over the same rooms: a batch's unplaced demands cost
+    O(demands + selectors x sizes x nodes), not O(demands x nodes)."""
+
+    def __init__(self, rooms: Sequence[Room]) -> None:
+        self.rooms = rooms
+        self.matching: dict[str, list[Room]] = {}
+        self.reasons: dict[tuple[str, str, int], str] = {}
+
+    def of(self, demand: Demand) -> str:
+        key = _selector_key(demand.selector)
+        size = (key, str(demand.cpu), demand.memory_mb)  # str: 0.5 and 0.50 read differently in the reason
+        if size not in self.reasons:
+            if key not in self.matching:
+                self.matching[key] = [room for room in self.rooms if room.matches(demand.selector)]
+            self.reasons[size] = _no_fit_reason(demand, self.matching[key])
+        return self.reasons[size]
 
 
 # --- release and repair -----------------------------------------------------------------------

@@ -134,8 +134,12 @@ def _transition_sql(
     where: str,
     with_payload: bool,
     one_row: bool,
+    per_row: tuple[tuple[str, str], ...] = (),
 ) -> tuple[str, tuple[str, ...]]:
-    """The one statement of a transition, as lean as its effects allow: (sql, names of what it returns)."""
+    """The one statement of a transition, as lean as its effects allow: (sql, names of what it returns).
+
+    `per_row`: (column, SQL type) set to a value of its own on each row, from arrays bound beside the ids
+    (`unnest`), so that rows given different values still move in one statement."""
     effects = Effect.NONE
     for status in source:
         effects |= TRANSITIONS[(status, target)]
@@ -153,11 +157,14 @@ def _transition_sql(
         )
     join_job = any(expr.startswith("j.") for expr in returned.values())
     tables = ["jobs_job AS j"] if join_job else []
+    if per_row:
+        arrays = ", ".join(["%s::bigint[]", *(f"%s::{sql_type}[]" for _, sql_type in per_row)])
+        tables.insert(0, f"unnest({arrays}) AS v(id, {', '.join(column for column, _ in per_row)})")
     if len(source) == 1:
         # One source status: the conditional UPDATE alone decides who wins (the old status is known).
         # One row (a claim, a finish) binds scalars: with an array parameter PostgreSQL plans the prepared
         # statement again on every execution (a custom plan), with scalars it keeps one generic plan.
-        ids = "e.id = %s" if one_row else "e.id = ANY(%s::bigint[])"
+        ids = "e.id = v.id" if per_row else ("e.id = %s" if one_row else "e.id = ANY(%s::bigint[])")
         condition = f"{ids} AND e.status = %s"
         returned["source"] = "%s::text"
     else:
@@ -167,11 +174,13 @@ def _transition_sql(
             "(SELECT x.id, x.status FROM jobs_execution AS x WHERE x.id = ANY(%s::bigint[]) "
             "AND x.status = ANY(%s::text[]) ORDER BY x.id FOR UPDATE) AS o",
         )
-        condition = "e.id = o.id"
+        condition = "e.id = o.id AND v.id = o.id" if per_row else "e.id = o.id"
         returned["source"] = "o.status"
     if join_job:
         condition += " AND j.id = e.job_id"
-    assignments = ", ".join(["status = %s", *(f"{column} = %s" for column in columns)])
+    assignments = ", ".join(
+        ["status = %s", *(f"{column} = %s" for column in columns), *(f"{c} = v.{c}" for c, _ in per_row)]
+    )
     returning = ", ".join(f"{expr} AS {name}" for name, expr in returned.items())
     from_clause = f" FROM {', '.join(tables)}" if tables else ""
     # Only this module's column names and SQL are formatted in; every value is a bound parameter.
@@ -202,9 +211,13 @@ def transition(
     where_params: Sequence[Any] = (),
     with_payload: bool = False,
     flush_wal: bool = True,
+    per_row: Mapping[str, tuple[str, Sequence[Any]]] | None = None,
 ) -> list[Changed]:
     """Move the executions among `ids` whose status is in `source` to `target` (one conditional UPDATE),
     set `values` on them, apply the transitions' effects; returns the rows moved (in id order).
+
+    `per_row` maps a column to (its SQL type, one value per id in `ids` order): a value of each row's own,
+    still in the one statement.
 
     One statement: the capacity a transition frees is released in it (nodes.placement's release CTEs), so
     the common case (a run that succeeded) needs no transaction of its own. `where` adds conditions on the
@@ -218,6 +231,10 @@ def transition(
         return []
     source = tuple(dict.fromkeys(source))
     values = dict(values or {})
+    per_row = dict(per_row or {})
+    if len(ids) == 1:  # one row binds scalars (the generic plan, below)
+        values.update({column: row_values[0] for column, (_, row_values) in per_row.items()})
+        per_row = {}
     one_row = len(ids) == 1 and len(source) == 1
     sql, names = _transition_sql(
         source=source,
@@ -226,12 +243,15 @@ def transition(
         where=where,
         with_payload=with_payload,
         one_row=one_row,
+        per_row=tuple((column, sql_type) for column, (sql_type, _) in per_row.items()),
     )
     params = [target, *(_sql_value(v) for v in values.values())]
+    rows_params: list[Any] = [list(ids), *(list(v) for _, v in per_row.values())] if per_row else []
     if len(source) == 1:
-        params += [ids[0] if one_row else list(ids), source[0], *where_params, source[0]]
+        ids_params = rows_params or [ids[0] if one_row else list(ids)]
+        params += [*ids_params, source[0], *where_params, source[0]]
     else:
-        params += [list(ids), list(source), *where_params]
+        params += [list(ids), list(source), *rows_params, *where_params]
         if "released_count" in sql:  # the release CTE's holders: the sources whose transition releases
             params.append([s for s in source if Effect.RELEASE in TRANSITIONS[(s, target)]])
     rows = [dict(zip(names, row, strict=True)) for row in sql_execute(sql, params, flush_wal=flush_wal)]
@@ -397,13 +417,15 @@ def _created(row: Sequence[Any]) -> Created:
 # --- placement outcomes -----------------------------------------------------------------------
 
 
-def executions_queue(*, ids: Sequence[int], node_id: int) -> list[Changed]:
-    """pending -> queued on the node the caller reserved capacity on; `jobs.execute` follows the commit."""
+def executions_queue(*, placements: Sequence[tuple[int, int]]) -> list[Changed]:
+    """pending -> queued, each (execution id, node id) on the node the caller reserved its capacity on,
+    in one statement whatever the number of nodes; `jobs.execute` follows the commit."""
     return transition(
-        ids=ids,
+        ids=[pk for pk, _ in placements],
         source=[S.PENDING],
         target=S.QUEUED,
-        values={"node_id": node_id, "queued_at": timezone.now(), "pending_reason": ""},
+        values={"queued_at": timezone.now(), "pending_reason": ""},
+        per_row={"node_id": ("bigint", [node_id for _, node_id in placements])},
     )
 
 

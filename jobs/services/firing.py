@@ -128,20 +128,19 @@ def _place(rows: Sequence[Created]) -> int:
     demands = [
         Demand(holder_id=r.id, cpu=r.cpu, memory_mb=r.memory_mb, selector=r.node_selector or {}) for r in rows
     ]
-    by_node: dict[int, list[int]] = defaultdict(list)
+    placed: list[tuple[int, int]] = []
     by_reason: dict[str, list[int]] = defaultdict(list)
     for row, placement in zip(rows, capacity_reserve(demands=demands), strict=True):
         if isinstance(placement, Reservation):
-            by_node[placement.node_id].append(row.id)
+            placed.append((row.id, placement.node_id))
         elif isinstance(placement, NoFit):
             by_reason[placement.reason].append(row.id)
-    for node_id, ids in by_node.items():
-        executions.executions_queue(ids=ids, node_id=node_id)
+    executions.executions_queue(placements=placed)  # one statement, however many nodes the batch spans
     for reason, ids in by_reason.items():
         executions.executions_wait(ids=ids, reason=reason)
     if by_reason:
         messages.pending_waiting_mark()
-    return sum(len(ids) for ids in by_node.values())
+    return len(placed)
 
 
 def pending_place(*, limit: int = PENDING_PASS_LIMIT) -> int:

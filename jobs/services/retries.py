@@ -15,6 +15,8 @@ from typing import Protocol
 
 from django.utils import timezone
 
+from scheduler_project.db import sql_execute
+
 from .. import messages
 from ..models import DeadLetter, Job, JobRetry
 
@@ -81,24 +83,51 @@ def failure_records_create(*, attempts: Sequence[FailedAttempt], now: datetime |
         ],
         ignore_conflicts=True,
     )
-    for a in attempts:
-        if a in retry:
+    dead = [a for a in attempts if a not in retry]
+    created = _dead_letters_insert(dead)
+    for a in dead:
+        if a.execution_id not in created:
             continue
-        dead, created = DeadLetter.objects.get_or_create(
-            execution_id=a.execution_id, defaults={"job_id": a.job_id, "error": a.error or a.status}
+        dead_letter_id, error = created.pop(a.execution_id)  # pop: an attempt listed twice notifies once
+        messages.dead_letter_notice_on_commit(
+            {
+                "dead_letter_id": dead_letter_id,
+                "execution_id": a.execution_id,
+                "job_id": a.job_id,
+                "error": error[:1000],
+            }
         )
-        if created:
-            messages.dead_letter_notice_on_commit(
-                {
-                    "dead_letter_id": dead.pk,
-                    "execution_id": a.execution_id,
-                    "job_id": a.job_id,
-                    "error": dead.error[:1000],
-                }
-            )
-            logger.warning(
-                "execution %s of job %s is dead after %d attempt(s)", a.execution_id, a.job_id, a.attempt
-            )
+        logger.warning(
+            "execution %s of job %s is dead after %d attempt(s)", a.execution_id, a.job_id, a.attempt
+        )
+
+
+# One statement for a whole reaper pass; a dead letter that exists already (a repeated decision) is kept.
+_DEAD_LETTERS_INSERT = """
+INSERT INTO jobs_deadletter (job_id, execution_id, error, status, replay_count, last_replayed_at, created_at)
+SELECT v.job_id, v.execution_id, v.error, %s, 0, NULL, %s
+FROM unnest(%s::bigint[], %s::bigint[], %s::text[]) AS v(execution_id, job_id, error)
+ON CONFLICT (execution_id) DO NOTHING
+RETURNING id, execution_id, error
+"""
+
+
+def _dead_letters_insert(attempts: Sequence[FailedAttempt]) -> dict[int, tuple[int, str]]:
+    """Insert the attempts' dead letters where none exists; execution id -> (dead letter id, error) of the
+    ones created."""
+    if not attempts:
+        return {}
+    rows = sql_execute(
+        _DEAD_LETTERS_INSERT,
+        [
+            DeadLetter.Status.OPEN,
+            timezone.now(),  # as auto_now_add: when the letter was written, not the decision's `now`
+            [a.execution_id for a in attempts],
+            [a.job_id for a in attempts],
+            [a.error or a.status for a in attempts],
+        ],
+    )
+    return {execution_id: (pk, error) for pk, execution_id, error in rows}
 
 
 def job_retries_cancel(*, job: Job) -> int:
