@@ -278,6 +278,19 @@ class Execution(models.Model):
                 condition=Q(status__in=["pending", "queued", "running"]),
                 name="execution_active",
             ),
+            # The history's lists, newest first (the API's default order, since/until, a status or node walk,
+            # the lateness histogram), and one job's list without sorting all its history: bounded reads at a
+            # million rows (bench/history_scale.py; tests/monitoring/test_history_plans.py checks the plans).
+            models.Index(fields=["created_at", "id"], name="execution_created"),
+            models.Index(fields=["job", "created_at", "id"], name="execution_job_created"),
+            # The rare outcomes, for ?status= filters and their counts; a succeeded run adds nothing to it.
+            models.Index(
+                fields=["status", "created_at"],
+                condition=Q(
+                    status__in=["failed", "retrying", "timed_out", "cancelled", "skipped", "lost", "dead"]
+                ),
+                name="execution_unsuccessful",
+            ),
             models.Index(fields=["retry_of"], condition=Q(retry_of__isnull=False), name="execution_retry_of"),
             models.Index(
                 fields=["replay_of"], condition=Q(replay_of__isnull=False), name="execution_replay_of"
@@ -349,7 +362,10 @@ class DeadLetter(models.Model):
 
     class Meta:
         ordering = ["-created_at"]
-        indexes = [models.Index(fields=["status", "-created_at"])]
+        indexes = [
+            models.Index(fields=["status", "-created_at"]),
+            models.Index(fields=["created_at", "id"], name="deadletter_created"),  # the list, newest first
+        ]
 
     def __str__(self) -> str:
         return f"dead letter {self.pk} of job {self.job_id}"

@@ -4,7 +4,10 @@ The values are read from PostgreSQL and the broker when scraped (through the few
 never counted in process memory, so every gunicorn process answers alike and worker processes need no
 multiprocess directory. Consequences, documented for whoever writes the dashboards:
 
-- executions by status (`scheduler_executions`) is a gauge of retained rows: it drops when retention prunes;
+- executions by status (`scheduler_executions`) counts pending, queued and running executions now, and
+  the other statuses among executions finished in the trailing window (SCHEDULER_METRICS_WINDOW_SECONDS):
+  counting every retained row costs a scan of the whole history. The history's size is
+  `scheduler_executions_retained_estimate`, PostgreSQL's estimate as of its last ANALYZE;
 - the duration and lateness histograms cover a trailing window (SCHEDULER_METRICS_WINDOW_SECONDS) of
   executions finished / fired, so read them as they are (quantiles over the window), not with rate().
 """
@@ -83,9 +86,14 @@ class SchedulerCollector(Collector):
         yield _by_label("scheduler_jobs", "Jobs by status", "status", s["jobs_by_status"])
         yield _by_label(
             "scheduler_executions",
-            "Retained executions by status (outcome)",
+            f"Executions by status: active ones now, the others finished in the last {window}s",
             "status",
             s["executions_by_status"],
+        )
+        yield GaugeMetricFamily(
+            "scheduler_executions_retained_estimate",
+            "About how many executions are retained (PostgreSQL's estimate as of its last ANALYZE)",
+            value=s.get("executions_retained_estimate", 0),  # absent if cached by an older release
         )
         yield GaugeMetricFamily(
             "scheduler_executions_pending", "Executions waiting for a node", value=s["executions_pending"]

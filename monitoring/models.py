@@ -147,3 +147,30 @@ class AlertDelivery(models.Model):
 
     def __str__(self) -> str:
         return f"{self.event} delivery of alert {self.alert_id} ({self.status})"
+
+
+class ExecutionHourlyCount(models.Model):
+    """Executions finished in one closed hour, per job owner and status: the dashboard's 24 hours read
+    from at most 24 x owners x statuses small rows instead of every execution of the day.
+
+    Filled on read by monitoring.selectors.dashboard (a durable cache of hours that can no longer change,
+    like the Redis one of the whole dashboard), hours older than the series pruned there. Each filled hour
+    has one marker row (owner null, status "", count 0), so an hour with no executions is not recomputed.
+    """
+
+    hour = models.DateTimeField(help_text="the hour's start (UTC)")
+    owner = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, null=True, blank=True, related_name="+"
+    )
+    status = models.CharField(max_length=16, blank=True)
+    count = models.PositiveIntegerField()
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(
+                fields=["hour", "owner", "status"], nulls_distinct=False, name="hourly_count_unique"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.count} {self.status or 'marker'} at {self.hour:%Y-%m-%d %H}:00 (owner {self.owner_id})"

@@ -26,11 +26,13 @@ class ExecutionFilter(StrictFilterSet):
     created since/until (ISO-8601)."""
 
     job = IdFilter(field_name="job_id")
-    status = django_filters.MultipleChoiceFilter(choices=Execution.Status.choices)
+    # distinct=False: these are the execution's own columns (no join repeats a row), and SELECT DISTINCT
+    # over every column makes PostgreSQL sort the whole filtered history before the page's LIMIT.
+    status = django_filters.MultipleChoiceFilter(choices=Execution.Status.choices, distinct=False)
     node = IdFilter(field_name="node_id")
     node_name = django_filters.CharFilter(field_name="node__name", max_length=255)
     trigger = django_filters.ChoiceFilter(choices=Execution.Trigger.choices)
-    end_cause = django_filters.MultipleChoiceFilter(choices=Execution.EndCause.choices)
+    end_cause = django_filters.MultipleChoiceFilter(choices=Execution.EndCause.choices, distinct=False)
     since = UtcDateTimeFilter(field_name="created_at", lookup_expr="gte")
     until = UtcDateTimeFilter(field_name="created_at", lookup_expr="lte")
 

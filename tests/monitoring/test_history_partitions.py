@@ -155,3 +155,12 @@ def test_the_command_lists_creates_ahead_and_prunes(settings):
     assert "jobs_execution_default" in text
     assert "monitoring_executionlogchunk_default" in text
     assert f"jobs_execution_{Month.of(timezone.now()).shift(2).suffix()}" in text
+
+
+def test_beat_creates_months_hourly_and_prunes_daily(settings):
+    assert (
+        settings.CELERY_BEAT_SCHEDULE["monitoring.history_partitions"]["task"]
+        == "monitoring.history_partitions"
+    )
+    assert settings.CELERY_BEAT_SCHEDULE["monitoring.history_partitions"]["schedule"] == 3600
+    assert settings.CELERY_BEAT_SCHEDULE["monitoring.prune_retention"]["schedule"] == 24 * 3600

@@ -25,7 +25,9 @@ class Command(BaseCommand):
         s = summary_compute()
         out = self.stdout
         out.write(f"jobs:        {_counts(s['jobs_by_status'])}")
-        out.write(f"executions:  {_counts(s['executions_by_status'])}")
+        window = s["window_seconds"] // 60
+        executions = _counts(s["executions_by_status"])
+        out.write(f"executions:  {executions} (active now; ended in the last {window} min)")
         oldest = s["oldest_pending_seconds"]
         pending = f"{s['executions_pending']}" + (f" (oldest {oldest:.0f}s)" if oldest else "")
         out.write(f"pending:     {pending}")
