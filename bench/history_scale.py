@@ -161,6 +161,7 @@ def endpoints(user_job: int, node: int) -> list[tuple[str, str, str]]:
         ("?job= (user)", "user", f"{api}/executions/?job={user_job}"),
         ("?status=failed", "op", f"{api}/executions/?status=failed"),
         ("?status=dead (user)", "user", f"{api}/executions/?status=dead"),
+        ("  the same, ?limit=5", "user", f"{api}/executions/?status=dead&limit=5"),
         ("?status=failed&job=", "op", f"{api}/executions/?status=failed&job={user_job}"),
         ("?since=&until=", "op", f"{api}/executions/?since={since}&until={until}"),
         ("?node=", "op", f"{api}/executions/?node={node}"),
@@ -175,8 +176,10 @@ def endpoints(user_job: int, node: int) -> list[tuple[str, str, str]]:
     ]
 
 
-def measure(clients: dict[str, Any], path: str, who: str, requests: int) -> tuple[float, float, int]:
-    """(p50 ms, p99 ms, SQL statements of one request) over `requests` GETs after WARM ones (cache warm)."""
+def measure(clients: dict[str, Any], path: str, who: str, requests: int) -> tuple[float, float, int, str]:
+    """(p50 ms, p99 ms, SQL statements of one request, rows on the page) over `requests` GETs after WARM
+    ones (cache warm). Rows: a list's page length ("-" for pages that are no list): a filter that matches
+    fewer rows than a page at a small size does less work there, whatever the table's size."""
     from django.db import connection
 
     client = clients[who]
@@ -199,18 +202,22 @@ def measure(clients: dict[str, Any], path: str, who: str, requests: int) -> tupl
         times.append((time.perf_counter() - began) * 1000)
     times.sort()
     p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))]
-    return statistics.median(times), p99, len(statements)
+    rows = "-"
+    if response.get("Content-Type", "").startswith("application/json") and "results" in response.json():
+        rows = str(len(response.json()["results"]))
+    return statistics.median(times), p99, len(statements), rows
 
 
-def table(sizes: list[int], results: dict[int, dict[str, tuple[float, float, int]]]) -> None:
+def table(sizes: list[int], results: dict[int, dict[str, tuple[float, float, int, str]]]) -> None:
     labels = list(results[sizes[0]])
     head = " | ".join(f"{size:>13,}" for size in sizes)
-    print(f"{'endpoint':<22} | {head} | p99 {sizes[-1]:,}/{sizes[0]:,} | SQL")
+    print(f"{'endpoint':<22} | {head} | p99 {sizes[-1]:,}/{sizes[0]:,} | SQL | rows")
     for label in labels:
         cells = " | ".join(f"{results[s][label][0]:>6.1f}/{results[s][label][1]:<6.1f}" for s in sizes)
         ratio = results[sizes[-1]][label][1] / results[sizes[0]][label][1]
         statements = "/".join(str(results[s][label][2]) for s in sizes)
-        print(f"{label:<22} | {cells} | {ratio:>5.2f}x | {statements}")
+        rows = "/".join(results[s][label][3] for s in sizes)
+        print(f"{label:<22} | {cells} | {ratio:>5.2f}x | {statements} | {rows}")
 
 
 def main() -> None:
@@ -233,7 +240,7 @@ def main() -> None:
     clients = {"op": Client(), "user": Client()}
     clients["op"].force_login(operator)
     clients["user"].force_login(user)
-    results: dict[int, dict[str, tuple[float, float, int]]] = {}
+    results: dict[int, dict[str, tuple[float, float, int, str]]] = {}
     for size in sizes:
         loaded = grow(size, job_ids, node_ids)
         print(f"{size:,} executions (loaded in {loaded:.1f} s); load average {os.getloadavg()[0]:.2f}")

@@ -291,6 +291,15 @@ class Execution(models.Model):
                 ),
                 name="execution_unsuccessful",
             ),
+            # One job's rare outcomes (?job=&status=, and a user's ?status= over their jobs): partial, so a
+            # succeeded run adds nothing to it either.
+            models.Index(
+                fields=["job", "status", "created_at"],
+                condition=Q(
+                    status__in=["failed", "retrying", "timed_out", "cancelled", "skipped", "lost", "dead"]
+                ),
+                name="execution_job_unsuccessful",
+            ),
             models.Index(fields=["retry_of"], condition=Q(retry_of__isnull=False), name="execution_retry_of"),
             models.Index(
                 fields=["replay_of"], condition=Q(replay_of__isnull=False), name="execution_replay_of"
