@@ -164,3 +164,19 @@ def test_beat_creates_months_hourly_and_prunes_daily(settings):
     )
     assert settings.CELERY_BEAT_SCHEDULE["monitoring.history_partitions"]["schedule"] == 3600
     assert settings.CELERY_BEAT_SCHEDULE["monitoring.prune_retention"]["schedule"] == 24 * 3600
+
+
+def test_the_command_exits_1_with_the_database_message_when_it_cannot(monkeypatch):
+    from django.db import OperationalError
+
+    from monitoring.management.commands import history_partitions as command
+
+    def refuse(**_kwargs):
+        raise OperationalError("canceling statement due to lock timeout")
+
+    monkeypatch.setattr(command, "history_prune", refuse)
+    err = StringIO()
+    with pytest.raises(SystemExit) as exited:
+        call_command("history_partitions", "--prune", stderr=err)
+    assert exited.value.code == 1
+    assert "history_partitions: canceling statement due to lock timeout" in err.getvalue()
