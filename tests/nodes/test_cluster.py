@@ -241,7 +241,9 @@ def one_running_four_queued(start_worker: Any, name: str) -> list[Job]:
     start_worker(name, concurrency=1, **node_env("4", 4096))
     wait_for(lambda: online(name), timeout=90, what=f"{name} online")
     owner = UserFactory()
-    jobs = [submit(owner, seconds=1, cpu=Decimal("0.5")) for _ in range(5)]
+    # Long enough that the first is still running when the fifth is queued on a loaded machine (CI once saw
+    # 1.2 s between the first and the last submission, and a 1 s job had ended before the state was seen).
+    jobs = [submit(owner, seconds=6, cpu=Decimal("0.5")) for _ in range(5)]
     wait_for(
         lambda: statuses(jobs) == Counter({"running": 1, "queued": 4}),
         timeout=60,
